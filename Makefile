@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make demo` (train + evaluate on the bundled digits) and
+# `make test` (pytest + the notebooks under nbval). Both set up .venv first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.asrlib-installed
+# The CPU wheel of PyTorch. GPU users: `make setup TORCH_SPEC=torch` (a CUDA build from PyPI).
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS  ?= notebooks,onnx,dev
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test test-fast lab bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m asrlib.demo --config configs/demo.toml --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env notebooks
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from asrlib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,374 @@
+"""One TOML file -> typed, nested dataclasses.
+
+Every section of the file is a dataclass below; every key is a field with a type. Loading
+checks both: an unknown key or a value of the wrong type is an error that names the file,
+the dotted key and what was expected. ``--set section.key=value`` overrides are parsed as
+TOML values and go through the same checks.
+
+The user's own section names are accepted as they are: ``[train_dataset] train_manifest``,
+``[validation_dataset] validation_manifest``, ``[tokenizer] tokenizer_path``,
+``[logger] log_to_clearml``. A manifest field may be one path or a list of paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class FrontendConfig:
+    sample_rate: int = 16000  # Hz; audio is resampled to this on load
+    win_ms: float = 25.0  # STFT window (Hann) length
+    hop_ms: float = 10.0  # STFT hop
+    n_mels: int = 80  # output features per frame
+    f_min: float = 0.0  # lowest mel filter edge, Hz
+    f_max: float = 0.0  # highest mel filter edge, Hz; 0 means sample_rate / 2
+    trainable_mel: bool = True  # False freezes the mel projection at its mel-bank init
+    log_eps: float = 1e-6  # log(mel + eps)
+
+
+@dataclass
+class SubsamplingConfig:
+    factor: int = 4  # 4 or 8: encoder frame rate = frontend rate / factor
+    channels: int = 64  # conv channels inside the subsampling stack
+
+
+@dataclass
+class AttentionConfig:
+    n_heads: int = 4  # query heads (H)
+    n_kv_heads: int = 0  # key/value groups (K); 0 means n_heads // 2
+    rope_base: float = 10000.0  # RoPE frequency base
+    dropout: float = 0.0  # attention-probability dropout (training only)
+
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads > 0 else max(1, self.n_heads // 2)
+
+
+@dataclass
+class Mamba2Config:
+    d_state: int = 64  # N, SSM state size per head
+    d_conv: int = 4  # causal conv1d kernel
+    expand: int = 2  # inner dim = expand * d_model
+    headdim: int = 32  # P
+    ngroups: int = 1  # groups sharing B and C
+    chunk_size: int = 64  # SSD chunk length of the training scan
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    a_init_min: float = 1.0  # A = -exp(A_log), A_log initialised in log(uniform(min, max))
+    a_init_max: float = 16.0
+    backend: Literal["auto", "torch", "cuda"] = "auto"  # cuda = mamba_ssm kernels
+
+
+@dataclass
+class ConvModuleConfig:
+    kernel_size: int = 15  # causal depthwise conv kernel (frames)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+
+
+@dataclass
+class EncoderConfig:
+    d_model: int = 144  # D
+    n_blocks: int = 6
+    ffn_mult: float = 4.0  # SwiGLU hidden = round(ffn_mult * d_model * 2 / 3)
+    mamba_period: int = 3  # blocks period, 2*period, ... use Mamba2; 0 disables
+    chunk_frames: int = 64  # attention chunk in FRONTEND frames (multiple of subsampling factor)
+    left_chunks: int = 2  # chunks of left context each frame may attend to
+    dropout: float = 0.1
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+    conv: ConvModuleConfig = field(default_factory=ConvModuleConfig)
+
+
+@dataclass
+class PredictionConfig:
+    embed_dim: int = 128  # token embedding size
+    hidden: int = 128  # LSTM hidden size (output of the prediction network)
+    layers: int = 1  # LSTM layers
+    dropout: float = 0.1
+
+
+@dataclass
+class JointConfig:
+    hidden: int = 128  # joint space
+    activation: Literal["tanh", "relu", "silu"] = "tanh"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # tokenizer pieces (V); filled from the tokenizer when 0. Blank = V.
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    subsampling: SubsamplingConfig = field(default_factory=SubsamplingConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainDatasetConfig:
+    train_manifest: list[str] = field(default_factory=list)  # one path or a list
+    max_duration: float = 20.0  # seconds; longer utterances are dropped and counted
+    min_duration: float = 0.1
+    batch_seconds: float = 60.0  # audio seconds per batch (bucketed by duration)
+    max_batch_size: int = 64  # cap on utterances per batch
+    num_buckets: int = 10
+    num_workers: int = 0
+    strict: bool = False  # True: a bad utterance is an error; False: skipped and counted
+    speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
+
+
+@dataclass
+class ValidationDatasetConfig:
+    validation_manifest: list[str] = field(default_factory=list)
+    batch_seconds: float = 120.0
+    max_batch_size: int = 64
+    max_duration: float = 60.0
+
+
+@dataclass
+class TokenizerConfig:
+    tokenizer_path: str = ""  # folder holding tokenizer.model (or the .model file)
+
+
+@dataclass
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 15  # max mel bins per mask
+    time_masks: int = 2
+    time_width: float = 0.05  # max fraction of the utterance per mask
+
+
+@dataclass
+class LossConfig:
+    ctc_weight: float = 0.3  # loss = (1 - w) * rnnt + w * ctc
+    rnnt_backend: Literal["auto", "native", "torchaudio"] = "native"
+    zero_infinity: bool = True  # infeasible utterances contribute 0 and are counted
+    fused_t_chunk: int = 0  # native RNN-T: frames of the joint evaluated at once; 0 = auto
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 500
+    schedule: Literal["cosine", "noam", "constant"] = "cosine"
+    min_lr_ratio: float = 0.05  # cosine floor as a fraction of lr
+    grad_clip: float = 5.0
+    accumulate: int = 1  # gradient accumulation steps
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "runs/exp"
+    max_steps: int = 10000
+    eval_every: int = 500
+    log_every: int = 20
+    keep_last: int = 3
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    resume: str = ""  # "" | "auto" | path to a checkpoint
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    log_to_tensorboard: bool = True
+    log_to_clearml: bool = False
+    clearml_project: str = "asrlib"
+    clearml_task: str = ""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train_dataset: TrainDatasetConfig = field(default_factory=TrainDatasetConfig)
+    validation_dataset: ValidationDatasetConfig = field(default_factory=ValidationDatasetConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+# Fields that hold paths relative to the config file's folder.
+_PATH_LIST_KEYS = {"train_dataset.train_manifest", "validation_dataset.validation_manifest"}
+_PATH_KEYS = {"tokenizer.tokenizer_path"}
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says where and what is expected."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table [{where.split(': ')[-1]}], got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single manifest path stands for a list of one
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown key '{dotted}'; known keys here: {known}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type = Config, source: str = "<dict>") -> Any:
+    """Build ``cls`` from a plain dict, with the same checks as a file."""
+    try:
+        return _build(cls, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """The resolved config as plain data (TOML/JSON-serialisable); stored in checkpoints."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4). Values are TOML; bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # an unquoted string such as a path or "cuda"
+    return key.split("."), value
+
+
+def _set_nested(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Make relative paths absolute against the config file's folder."""
+
+    def fix(p: str) -> str:
+        return p if (not p or Path(p).is_absolute()) else str((base / p).resolve())
+
+    for dotted in _PATH_LIST_KEYS | _PATH_KEYS:
+        section, key = dotted.split(".")
+        if key in data.get(section, {}):
+            v = data[section][key]
+            if isinstance(v, str):
+                data[section][key] = fix(v)
+            elif isinstance(v, list):
+                data[section][key] = [fix(x) if isinstance(x, str) else x for x in v]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a TOML file (or defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Relative paths in the file are resolved against the file's folder; relative paths given
+    in overrides against the current directory.
+    """
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        _resolve_paths(data, path.resolve().parent)
+    over: dict = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_nested(over, keys, value)
+    _resolve_paths(over, Path.cwd())
+    _merge(data, over)
+    return from_dict(data, Config, source)
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    """Rebuild the model's config from a checkpoint or ONNX metadata."""
+    return from_dict(data, ModelConfig, "<checkpoint model config>")

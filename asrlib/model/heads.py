@@ -1,0 +1,106 @@
+"""The two heads on one encoder: CTC, and RNN-T (prediction network + joint).
+
+Token ids are ``0 .. V-1`` (the SentencePiece pieces) and the blank is ``V``, for both heads,
+so every output layer has ``V + 1`` units.
+
+Shapes: B batch, T encoder frames, U target tokens, D encoder dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from asrlib.config import JointConfig, PredictionConfig
+
+
+class CTCHead(nn.Module):
+    """Linear over the encoder output -> log-probabilities over V tokens + blank.
+
+    forward: (B, T, D) -> (B, T, V + 1) log-probs (float32, whatever the input dtype).
+    """
+
+    def __init__(self, d_model: int, vocab_size: int):
+        super().__init__()
+        self.blank = vocab_size
+        self.proj = nn.Linear(d_model, vocab_size + 1)
+
+    def forward(self, enc: Tensor) -> Tensor:
+        return self.proj(enc).float().log_softmax(dim=-1)
+
+
+@dataclass
+class PredictionState:
+    """LSTM state of the prediction network, batch first: h, c (B, layers, hidden)."""
+
+    h: Tensor
+    c: Tensor
+
+
+class PredictionNet(nn.Module):
+    """Embedding + LSTM over the previous tokens; the blank id doubles as start symbol.
+
+    forward: targets (B, U) -> (B, U + 1, hidden); output u has seen tokens < u.
+    step:    tokens (B,) + state -> (B, hidden), state.
+    """
+
+    def __init__(self, vocab_size: int, cfg: PredictionConfig):
+        super().__init__()
+        self.blank = vocab_size
+        self.cfg = cfg
+        self.embed = nn.Embedding(vocab_size + 1, cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        self.out_dim = cfg.hidden
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> PredictionState:
+        z = torch.zeros(batch, self.cfg.layers, self.cfg.hidden, device=device)
+        return PredictionState(h=z, c=z.clone())
+
+    def forward(self, targets: Tensor) -> Tensor:
+        sos = torch.full_like(targets[:, :1], self.blank)
+        tokens = torch.cat([sos, targets], dim=1)  # (B, U + 1)
+        out, _ = self.lstm(self.dropout(self.embed(tokens)))
+        return out  # (B, U + 1, hidden)
+
+    def step(self, tokens: Tensor, state: PredictionState) -> tuple[Tensor, PredictionState]:
+        x = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
+        hc = (state.h.transpose(0, 1).contiguous(), state.c.transpose(0, 1).contiguous())
+        out, (h, c) = self.lstm(x, hc)  # h, c: (layers, B, hidden)
+        return out[:, 0], PredictionState(h=h.transpose(0, 1), c=c.transpose(0, 1))
+
+
+class Joint(nn.Module):
+    """RNN-T joint: act(W_e enc + W_p pred) -> Linear -> logits over V + 1.
+
+    The two projections are separate methods so a loss can project once and combine slice
+    by slice without ever holding the (B, T, U + 1, V + 1) tensor:
+
+        e = joint.project_encoder(enc)      # (B, T, J)
+        p = joint.project_prediction(pred)  # (B, U + 1, J)
+        logits = joint.combine(e[:, t0:t1, None], p[:, None])  # (B, t1 - t0, U + 1, V + 1)
+    """
+
+    def __init__(self, d_enc: int, d_pred: int, vocab_size: int, cfg: JointConfig):
+        super().__init__()
+        self.blank = vocab_size
+        self.enc_proj = nn.Linear(d_enc, cfg.hidden)
+        self.pred_proj = nn.Linear(d_pred, cfg.hidden)
+        self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "silu": nn.SiLU()}[cfg.activation]
+        self.out = nn.Linear(cfg.hidden, vocab_size + 1)
+
+    def project_encoder(self, enc: Tensor) -> Tensor:
+        return self.enc_proj(enc)
+
+    def project_prediction(self, pred: Tensor) -> Tensor:
+        return self.pred_proj(pred)
+
+    def combine(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        """Broadcasting add of projected inputs -> logits (..., V + 1)."""
+        return self.out(self.act(enc_proj + pred_proj))
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """Full joint, for decoding and small tests: (B, T, D), (B, U+1, Dp) -> (B, T, U+1, V+1)."""
+        return self.combine(self.project_encoder(enc)[:, :, None], self.project_prediction(pred)[:, None])
