@@ -1,0 +1,143 @@
+"""Grouped-query self-attention with RoPE and the chunked causal mask, plus its streaming step.
+
+H query heads share K key/value groups (H a multiple of K): query head ``h`` reads group
+``h // (H / K)``. K = H is ordinary multi-head attention, K = 1 multi-query attention. The k/v
+groups are expanded to H heads explicitly (expand + reshape) before
+``scaled_dot_product_attention`` — SDPA's ``enable_gqa`` flag is avoided because it does not
+export to ONNX everywhere.
+
+Training (``forward``) uses the chunk mask of :mod:`asrlib.model.masks` AND the key padding
+mask. Streaming (``step``) feeds one chunk at a time; the :class:`AttentionCache` keeps the
+post-RoPE keys/values of the last ``L = left_chunks * chunk_size`` frames, so the queries of a
+chunk see ``[cache (L) ; chunk (Tc)]`` — exactly the rows of the chunk mask. Keys are rotated
+with their absolute positions once, when they enter the cache.
+
+Shapes: B batch, T time, D model dim, H query heads, K kv groups, P head dim (D // H),
+L cached frames, Tc frames in one streaming chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asrlib.config import AttentionConfig
+from asrlib.model.masks import chunk_mask, key_padding_mask, stream_key_mask
+from asrlib.model.rope import RotaryEmbedding
+
+
+@dataclass
+class AttentionCache:
+    """Streaming state of one attention layer (fixed size, batch first).
+
+    k, v: (B, K, L, P) post-RoPE keys and values of the last L frames (zeros before the start).
+    pos:  (B,) long, frames this stream has seen so far (absolute position of the next frame).
+    """
+
+    k: Tensor
+    v: Tensor
+    pos: Tensor
+
+
+class GroupedQueryAttention(nn.Module):
+    """Chunk-causal GQA. ``chunk_size`` and the cache are in ENCODER frames.
+
+    forward: x (B, T, D), lengths (B,) or None -> (B, T, D)
+    step:    x (B, Tc, D), AttentionCache -> (B, Tc, D), AttentionCache   (1 <= Tc <= chunk_size;
+             Tc < chunk_size only for the final flush)
+    """
+
+    def __init__(self, d_model: int, cfg: AttentionConfig, chunk_size: int, left_chunks: int):
+        super().__init__()
+        H, K = cfg.n_heads, cfg.kv_heads()
+        if d_model % H:
+            raise ValueError(f"d_model={d_model} must be divisible by attention.n_heads={H}")
+        if H % K:
+            raise ValueError(
+                f"attention.n_heads={H} must be a multiple of attention.n_kv_heads={K} "
+                "(each group of query heads shares one key/value head)"
+            )
+        if chunk_size < 1 or left_chunks < 0:
+            raise ValueError(f"need chunk_size >= 1 and left_chunks >= 0, got {chunk_size}, {left_chunks}")
+        self.cfg = cfg
+        self.n_heads, self.n_kv, self.head_dim = H, K, d_model // H
+        self.chunk_size, self.left_chunks = chunk_size, left_chunks
+        self.cache_len = left_chunks * chunk_size  # L
+        P = self.head_dim
+        self.q_proj = nn.Linear(d_model, H * P, bias=False)
+        self.kv_proj = nn.Linear(d_model, 2 * K * P, bias=False)  # fused k and v
+        self.out_proj = nn.Linear(H * P, d_model, bias=False)
+        self.rope = RotaryEmbedding(P, cfg.rope_base)
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, D) -> q (B, H, T, P), k (B, K, T, P), v (B, K, T, P); q and k rotated."""
+        B, T, _ = x.shape
+        P = self.head_dim
+        q = self.q_proj(x).view(B, T, self.n_heads, P).transpose(1, 2)  # (B, H, T, P)
+        kv = self.kv_proj(x).view(B, T, 2, self.n_kv, P)  # (B, T, 2, K, P)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, K, T, P) each
+        return self.rope(q, positions), self.rope(k, positions), v
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """q (B, H, Tq, P), k/v (B, K, S, P), mask (B|1, 1, Tq, S) bool -> (B, Tq, D)."""
+        B, H, Tq, P = q.shape
+        K, S = k.shape[1], k.shape[2]
+        G = H // K  # query heads per kv group
+        k = k[:, :, None].expand(B, K, G, S, P).reshape(B, H, S, P)  # (B, H, S, P)
+        v = v[:, :, None].expand(B, K, G, S, P).reshape(B, H, S, P)  # (B, H, S, P)
+        p = self.cfg.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, Tq, P)
+        y = y.transpose(1, 2).reshape(B, Tq, H * P)  # (B, Tq, H*P)
+        return self.out_proj(y)
+
+    # ------------------------------------------------------------------ training path
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        B, T, _ = x.shape
+        positions = torch.arange(T, device=x.device)  # (T,)
+        q, k, v = self._project(x, positions)
+        mask = chunk_mask(T, self.chunk_size, self.left_chunks, x.device)[None, None]  # (1, 1, T, T)
+        if lengths is not None:
+            keys = key_padding_mask(lengths, T)[:, None, None, :]  # (B, 1, 1, T)
+            # Keep the diagonal so that padded queries (whose keys may all be padding) stay
+            # finite; valid queries already see their own frame, so they are unchanged.
+            eye = torch.eye(T, dtype=torch.bool, device=x.device)[None, None]  # (1, 1, T, T)
+            mask = (mask & keys) | eye  # (B, 1, T, T)
+        return self._attend(q, k, v, mask)
+
+    # ------------------------------------------------------------------ streaming path
+
+    def init_state(
+        self, batch: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> AttentionCache:
+        """Empty cache (zeros, all slots masked by pos = 0); dtype defaults to the weights'."""
+        dtype = dtype or self.q_proj.weight.dtype
+        shape = (batch, self.n_kv, self.cache_len, self.head_dim)  # (B, K, L, P)
+        return AttentionCache(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            pos=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def step(self, x: Tensor, state: AttentionCache) -> tuple[Tensor, AttentionCache]:
+        B, Tc, _ = x.shape
+        L = self.cache_len
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not 1 <= Tc <= self.chunk_size:
+            raise ValueError(
+                f"step() takes one chunk of 1..{self.chunk_size} frames (full chunks, then one shorter "
+                f"final flush), got {Tc}; split the input into chunks of chunk_size frames"
+            )
+        positions = state.pos[:, None] + torch.arange(Tc, device=x.device)[None, :]  # (B, Tc)
+        q, k_new, v_new = self._project(x, positions)
+        k = torch.cat((state.k, k_new), dim=2)  # (B, K, L + Tc, P)
+        v = torch.cat((state.v, v_new), dim=2)  # (B, K, L + Tc, P)
+        mask = stream_key_mask(state.pos, L, Tc)[:, None, None, :]  # (B, 1, 1, L + Tc)
+        y = self._attend(q, k, v, mask)
+        # The last L frames of [cache ; chunk] (slice from Tc, not from -L: L may be 0).
+        new = AttentionCache(k=k[:, :, Tc:], v=v[:, :, Tc:], pos=state.pos + Tc)
+        return y, new
