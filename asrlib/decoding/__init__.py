@@ -1,0 +1,24 @@
+"""Decoders: CTC greedy / prefix beam, RNN-T greedy (batched, streamable) / modified beam."""
+
+from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
+from asrlib.decoding.result import DecodingResult
+from asrlib.decoding.rnnt import (
+    RNNTBeamDecoder,
+    RNNTBeamOptions,
+    RNNTGreedyDecoder,
+    RNNTGreedyOptions,
+    RNNTGreedyState,
+)
+
+__all__ = [
+    "DecodingResult",
+    "CTCGreedyDecoder",
+    "CTCGreedyOptions",
+    "CTCPrefixBeamDecoder",
+    "CTCPrefixBeamOptions",
+    "RNNTGreedyDecoder",
+    "RNNTGreedyOptions",
+    "RNNTGreedyState",
+    "RNNTBeamDecoder",
+    "RNNTBeamOptions",
+]

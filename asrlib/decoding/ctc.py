@@ -1,0 +1,166 @@
+"""CTC decoding: greedy (best path) and prefix beam search.
+
+A CTC output is a label per encoder frame over V tokens + blank (id V). A *path* is one label
+per frame; collapsing repeats and then dropping blanks maps a path to a *labelling*
+("a a _ a b" -> "a a b"). Greedy decoding takes the most probable path; prefix beam search
+looks for the most probable labelling, whose probability is the sum over all its paths.
+
+Shapes: B batch, T encoder frames, V vocabulary (log-prob tables have V + 1 columns).
+    log_probs (B, T, V + 1)  natural-log probabilities, e.g. CTCHead output
+    lengths   (B,)           valid frames per utterance; frames beyond are ignored
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from asrlib.decoding.result import DecodingResult
+
+Detokenize = Callable[[list[int]], str]
+NEG_INF = float("-inf")
+
+
+def _check_inputs(log_probs: Tensor, lengths: Tensor, blank: int) -> None:
+    if log_probs.dim() != 3:
+        raise ValueError(f"CTC decoding expects log_probs of shape (B, T, V+1), got {tuple(log_probs.shape)}")
+    if lengths.shape != (log_probs.shape[0],):
+        raise ValueError(
+            f"lengths must have shape ({log_probs.shape[0]},) (one per utterance), got {tuple(lengths.shape)}"
+        )
+    if not 0 <= blank < log_probs.shape[-1]:
+        raise ValueError(f"blank id {blank} is outside the {log_probs.shape[-1]} output units; asrlib uses blank = V")
+    if len(lengths) and int(lengths.max()) > log_probs.shape[1]:
+        raise ValueError(f"a length ({int(lengths.max())}) exceeds the number of frames ({log_probs.shape[1]})")
+
+
+def _lse(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) for python floats, safe with -inf."""
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+@dataclass(frozen=True)
+class CTCGreedyOptions:
+    blank: int  # id of the blank unit (asrlib: V, the last column)
+
+
+class CTCGreedyDecoder:
+    """Best path: argmax per frame, collapse repeats, drop blanks.
+
+    ``timestamps`` holds the first frame of each emitted token; ``score`` is the log-prob of
+    the best path (sum over valid frames of the max log-prob), not of the labelling.
+    """
+
+    def __init__(self, options: CTCGreedyOptions):
+        self.options = options
+
+    @torch.no_grad()
+    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        blank = self.options.blank
+        _check_inputs(log_probs, lengths, blank)
+        best_lp, ids = log_probs.float().max(dim=-1)  # (B, T), (B, T)
+        prev = torch.cat([torch.full_like(ids[:, :1], -1), ids[:, :-1]], dim=1)  # (B, T) label of frame t-1
+        first = (ids != blank) & (ids != prev)  # (B, T) a token starts here
+        results = []
+        for b, n in enumerate(lengths.tolist()):
+            frames = first[b, :n].nonzero().flatten().tolist()
+            tokens = ids[b, frames].tolist()
+            score = float(best_lp[b, :n].sum())
+            text = detokenize(tokens) if detokenize else ""
+            results.append(DecodingResult(tokens=tokens, timestamps=frames, score=score, text=text))
+        return results
+
+
+@dataclass(frozen=True)
+class CTCPrefixBeamOptions:
+    blank: int  # id of the blank unit (asrlib: V, the last column)
+    beam_size: int = 4  # prefixes kept after every frame
+    prune_top_k: int = 16  # per frame, only the k most probable tokens may extend a prefix; 0 = all
+
+
+@dataclass
+class _Prefix:
+    """Log-probs of all paths so far that collapse to this prefix, split by their last label."""
+
+    blank: float = NEG_INF  # paths ending in blank
+    nonblank: float = NEG_INF  # paths ending in the prefix's last token
+    timestamps: tuple[int, ...] = ()  # frames of the tokens, from the likeliest contribution
+    best: float = NEG_INF  # log-prob of that contribution (to pick timestamps)
+
+    @property
+    def total(self) -> float:
+        return _lse(self.blank, self.nonblank)
+
+    def add(self, ends_blank: bool, logp: float, timestamps: tuple[int, ...]) -> None:
+        if ends_blank:
+            self.blank = _lse(self.blank, logp)
+        else:
+            self.nonblank = _lse(self.nonblank, logp)
+        if logp > self.best:
+            self.best, self.timestamps = logp, timestamps
+
+
+class CTCPrefixBeamDecoder:
+    """Prefix beam search for the most probable labelling (log space).
+
+    For every prefix we keep two numbers: the log-prob of the paths ending in blank and of
+    those ending in its last token. A frame extends prefix ``l`` (with last token ``z``) by:
+    blank -> ``l`` (ends blank); ``z`` again -> ``l`` (repeat, collapsed); token ``c != z`` ->
+    ``l + c`` from all paths; token ``z`` -> ``l + z`` only from paths ending in blank.
+
+    ``score`` is log P(labelling) summed over the alignments the beam kept. With a beam
+    larger than the number of possible prefixes the search is exact. ``timestamps`` are the
+    frames at which the tokens were added, along the likeliest contribution.
+    """
+
+    def __init__(self, options: CTCPrefixBeamOptions):
+        if options.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {options.beam_size}")
+        self.options = options
+
+    @torch.no_grad()
+    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        _check_inputs(log_probs, lengths, self.options.blank)
+        results = []
+        for b, n in enumerate(lengths.tolist()):
+            tokens, stamps, score = self._search(log_probs[b, :n].float())
+            text = detokenize(tokens) if detokenize else ""
+            results.append(DecodingResult(tokens=tokens, timestamps=stamps, score=score, text=text))
+        return results
+
+    def _search(self, lp: Tensor) -> tuple[list[int], list[int], float]:
+        """One utterance: lp (T, V + 1) -> best (tokens, timestamps, log-prob)."""
+        blank, k = self.options.blank, self.options.prune_top_k
+        n_units = lp.shape[-1]
+        k = n_units if k <= 0 else min(k, n_units)
+        candidates = lp.topk(k, dim=-1).indices.tolist()  # (T, k) tokens that may extend
+        rows = lp.tolist()  # (T, V + 1) as python floats: the loop below is scalar
+        beams: dict[tuple[int, ...], _Prefix] = {(): _Prefix(blank=0.0, best=0.0)}
+        for t, row in enumerate(rows):
+            nxt: dict[tuple[int, ...], _Prefix] = {}
+            for prefix, p in beams.items():
+                total = p.total
+                last = prefix[-1] if prefix else None
+                stay = nxt.setdefault(prefix, _Prefix())
+                stay.add(True, total + row[blank], p.timestamps)
+                if last is not None:
+                    stay.add(False, p.nonblank + row[last], p.timestamps)
+                for c in candidates[t]:
+                    if c == blank:
+                        continue
+                    from_paths = p.blank if c == last else total
+                    ext = nxt.setdefault(prefix + (c,), _Prefix())
+                    ext.add(False, from_paths + row[c], p.timestamps + (t,))
+            ranked = sorted(nxt.items(), key=lambda kv: kv[1].total, reverse=True)
+            beams = dict(ranked[: self.options.beam_size])
+        prefix, best = max(beams.items(), key=lambda kv: kv[1].total)
+        return list(prefix), list(best.timestamps), best.total

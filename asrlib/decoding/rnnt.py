@@ -1,0 +1,222 @@
+"""RNN-T decoding: batched (and streamable) greedy search, and modified beam search.
+
+The decoders only call these methods, so any object that has them works (tests use fakes):
+    pred_net.init_state(batch, device) -> state   a dataclass of tensors, batch first
+    pred_net.step(tokens (B,), state) -> (out (B, Dp), state)   the blank id is the start symbol
+    joint.project_encoder(enc (..., De)) -> (..., J)
+    joint.project_prediction(out (..., Dp)) -> (..., J)
+    joint.combine(e (..., J), p (..., J)) -> logits (..., V + 1)
+
+Scores are natural-log probabilities of the chosen path: the sum of log_softmax(logits) of
+every symbol taken, tokens and blanks alike. A frame ends with a blank (its log-prob is
+added) or because the per-frame symbol cap was reached (nothing is added).
+
+Shapes: B batch, T encoder frames, De encoder dim, J joint dim, V vocabulary.
+    enc (B, T, De)   encoder output;   lengths (B,)  valid frames per utterance
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from asrlib.decoding.result import DecodingResult
+from asrlib.model import state as st
+
+Detokenize = Callable[[list[int]], str]
+
+
+def _check_enc(enc: Tensor, lengths: Tensor | None) -> None:
+    if enc.dim() != 3:
+        raise ValueError(f"RNN-T decoding expects encoder output of shape (B, T, D), got {tuple(enc.shape)}")
+    if lengths is not None and lengths.shape != (enc.shape[0],):
+        raise ValueError(f"lengths must have shape ({enc.shape[0]},) (one per utterance), got {tuple(lengths.shape)}")
+
+
+def _prime(pred_net: Any, batch: int, blank: int, device: torch.device) -> tuple[Any, Tensor]:
+    """Prediction state and output after the start symbol (the blank id): state, (B, Dp)."""
+    state = pred_net.init_state(batch, device)
+    start = torch.full((batch,), blank, dtype=torch.long, device=device)
+    out, state = pred_net.step(start, state)  # (B, Dp)
+    return state, out
+
+
+@dataclass(frozen=True)
+class RNNTGreedyOptions:
+    blank: int  # id of the blank unit (asrlib: V, the last output)
+    max_symbols_per_frame: int = 5  # tokens one frame may emit before we force the next frame
+
+
+@dataclass
+class RNNTGreedyState:
+    """Everything greedy decoding carries from one chunk of encoder frames to the next."""
+
+    pred_state: Any  # prediction-network state (B rows), updated only by emitted tokens
+    pred_out: Tensor  # (B, Dp) prediction-network output after the last emitted token
+    tokens: list[list[int]]  # tokens so far, per utterance
+    timestamps: list[list[int]]  # absolute encoder frame of each token, per utterance
+    scores: list[float]  # log-prob of the path so far, per utterance
+
+
+class RNNTGreedyDecoder:
+    """Greedy RNN-T search, batched: all utterances advance one frame at a time together.
+
+    Per frame, the joint is applied to every utterance still on that frame; those whose best
+    symbol is a token emit it (their prediction network steps, the others' state is left
+    alone) and try again, up to ``max_symbols_per_frame`` times; a blank ends the frame.
+    Frames beyond an utterance's length are masked out. ``decode`` is ``init_state`` plus one
+    ``decode_chunk``, so feeding the encoder output in chunks gives the same result.
+    """
+
+    def __init__(self, options: RNNTGreedyOptions):
+        if options.max_symbols_per_frame < 1:
+            raise ValueError(f"max_symbols_per_frame must be >= 1, got {options.max_symbols_per_frame}")
+        self.options = options
+
+    @torch.no_grad()
+    def init_state(self, batch: int, pred_net: Any, device: torch.device | str = "cpu") -> RNNTGreedyState:
+        pred_state, pred_out = _prime(pred_net, batch, self.options.blank, torch.device(device))
+        empty = [[] for _ in range(batch)]
+        return RNNTGreedyState(pred_state, pred_out, empty, [[] for _ in range(batch)], [0.0] * batch)
+
+    @torch.no_grad()
+    def decode_chunk(
+        self,
+        pred_net: Any,
+        joint: Any,
+        enc_chunk: Tensor,
+        state: RNNTGreedyState,
+        frame_offset: int = 0,
+        lengths: Tensor | None = None,
+    ) -> RNNTGreedyState:
+        """Continue over ``enc_chunk`` (B, Tc, De), whose first frame is ``frame_offset``.
+
+        ``lengths`` (B,) counts the valid frames of this chunk (default: all Tc). The state
+        passed in is not modified; a new one is returned.
+        """
+        _check_enc(enc_chunk, lengths)
+        blank, batch, n_frames = self.options.blank, enc_chunk.shape[0], enc_chunk.shape[1]
+        valid = torch.full((batch,), n_frames) if lengths is None else lengths.cpu()
+        tokens = [list(x) for x in state.tokens]
+        stamps = [list(x) for x in state.timestamps]
+        scores = list(state.scores)
+        pred_state, pred_out = state.pred_state, state.pred_out.clone()
+        pred_proj = joint.project_prediction(pred_out)  # (B, J)
+        e = joint.project_encoder(enc_chunk)  # (B, Tc, J)
+        for t in range(n_frames):
+            active = valid > t  # (B,) utterances still on frame t
+            for _ in range(self.options.max_symbols_per_frame):
+                if not active.any():
+                    break
+                logp = joint.combine(e[:, t], pred_proj).float().log_softmax(dim=-1)  # (B, V + 1)
+                best_lp, best = (x.cpu() for x in logp.max(dim=-1))  # (B,), (B,)
+                for b in active.nonzero().flatten().tolist():
+                    scores[b] += float(best_lp[b])
+                emit = active & (best != blank)  # (B,)
+                if not emit.any():
+                    break
+                idx = emit.nonzero().flatten()  # (E,) utterances that emitted
+                for b in idx.tolist():
+                    tokens[b].append(int(best[b]))
+                    stamps[b].append(frame_offset + t)
+                idx_dev = idx.to(pred_proj.device)
+                out, sub = pred_net.step(best[idx].to(pred_proj.device), st.select(pred_state, idx_dev))  # (E, Dp)
+                pred_state = st.scatter(pred_state, idx_dev, sub)
+                pred_out[idx_dev] = out.to(pred_out.dtype)
+                pred_proj[idx_dev] = joint.project_prediction(out).to(pred_proj.dtype)  # (E, J)
+                active = emit
+        return RNNTGreedyState(pred_state, pred_out, tokens, stamps, scores)
+
+    @torch.no_grad()
+    def decode(
+        self, pred_net: Any, joint: Any, enc: Tensor, lengths: Tensor, detokenize: Detokenize | None = None
+    ) -> list[DecodingResult]:
+        _check_enc(enc, lengths)
+        state = self.init_state(enc.shape[0], pred_net, enc.device)
+        state = self.decode_chunk(pred_net, joint, enc, state, 0, lengths)
+        return self.results(state, detokenize)
+
+    @staticmethod
+    def results(state: RNNTGreedyState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """The hypotheses held by a state (partial results while streaming)."""
+        return [
+            DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
+            for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)
+        ]
+
+
+@dataclass(frozen=True)
+class RNNTBeamOptions:
+    blank: int  # id of the blank unit (asrlib: V, the last output)
+    beam_size: int = 4  # hypotheses kept after every frame
+
+
+class RNNTBeamDecoder:
+    """Modified beam search (as icefall's ``modified_beam_search``): at most one symbol per frame.
+
+    Each frame, every kept hypothesis is extended by every symbol at once (one joint call for
+    the whole beam, (K, V + 1) scores): blank keeps its tokens, a token appends itself and
+    steps the prediction network. Of these, the ``beam_size`` best distinct token sequences
+    survive; when two paths reach the same sequence the better one is kept (max, not sum), so
+    ``score`` is the log-prob of one path in the one-symbol-per-frame lattice, comparable with
+    :class:`RNNTGreedyDecoder` at ``max_symbols_per_frame=1``. One utterance at a time.
+    """
+
+    def __init__(self, options: RNNTBeamOptions):
+        if options.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {options.beam_size}")
+        self.options = options
+
+    @torch.no_grad()
+    def decode(
+        self, pred_net: Any, joint: Any, enc: Tensor, lengths: Tensor, detokenize: Detokenize | None = None
+    ) -> list[DecodingResult]:
+        _check_enc(enc, lengths)
+        results = []
+        for b, n in enumerate(lengths.tolist()):
+            tokens, stamps, score = self._search(pred_net, joint, enc[b : b + 1, :n])
+            results.append(DecodingResult(tokens, stamps, score, detokenize(tokens) if detokenize else ""))
+        return results
+
+    def _search(self, pred_net: Any, joint: Any, enc: Tensor) -> tuple[list[int], list[int], float]:
+        """One utterance, enc (1, T, De) -> best (tokens, timestamps, log-prob)."""
+        blank, beam = self.options.blank, self.options.beam_size
+        pred_state, pred_out = _prime(pred_net, 1, blank, enc.device)  # K = 1 hypothesis
+        pred_proj = joint.project_prediction(pred_out)  # (1, J)
+        hyps: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())]  # (tokens, timestamps)
+        scores = torch.zeros(1)  # (K,)
+        e = joint.project_encoder(enc)[0]  # (T, J)
+        for t in range(e.shape[0]):
+            logp = joint.combine(e[t][None], pred_proj).float().log_softmax(dim=-1).cpu()  # (K, V + 1)
+            total = (scores[:, None] + logp).flatten()  # (K * (V + 1),)
+            # A sequence is reached at most twice (blank from itself, a token from its parent),
+            # so the 2 * beam best candidates hold the beam best distinct sequences.
+            top_s, top_i = total.topk(min(2 * beam, total.numel()))
+            n_units = logp.shape[1]
+            kept: dict[tuple[int, ...], tuple[int, int, float]] = {}  # seq -> (parent, symbol, score)
+            for s, i in zip(top_s.tolist(), top_i.tolist()):
+                k, v = divmod(i, n_units)
+                seq = hyps[k][0] if v == blank else hyps[k][0] + (v,)
+                if seq not in kept:
+                    kept[seq] = (k, v, s)
+                if len(kept) == beam:
+                    break
+            parents = torch.tensor([k for k, _, _ in kept.values()])  # (K',)
+            symbols = torch.tensor([v for _, v, _ in kept.values()])  # (K',)
+            scores = torch.tensor([s for _, _, s in kept.values()])  # (K',)
+            hyps = [
+                (seq, hyps[k][1] if v == blank else hyps[k][1] + (t,)) for seq, (k, v, _) in kept.items()
+            ]
+            pred_state = st.select(pred_state, parents.to(enc.device))
+            pred_proj = pred_proj[parents.to(enc.device)]  # (K', J)
+            grow = (symbols != blank).nonzero().flatten()  # (E,) hypotheses that took a token
+            if len(grow):
+                g = grow.to(enc.device)
+                out, sub = pred_net.step(symbols[grow].to(enc.device), st.select(pred_state, g))  # (E, Dp)
+                pred_state = st.scatter(pred_state, g, sub)
+                pred_proj[g] = joint.project_prediction(out).to(pred_proj.dtype)  # (E, J)
+        best = int(scores.argmax())
+        return list(hyps[best][0]), list(hyps[best][1]), float(scores[best])

@@ -1,0 +1,216 @@
+"""RNN-T greedy and modified beam search: an oracle fake model, slow loops, brute force."""
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from asrlib.config import JointConfig, PredictionConfig
+from asrlib.decoding import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
+from asrlib.model.heads import Joint, PredictionNet
+
+V = 3
+BLANK = V
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops: extra threads only contend (17x slower on a loaded 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- an oracle with known emissions
+@dataclass
+class CountState:
+    n: torch.Tensor  # (B, 1) tokens fed so far (the start blank does not count)
+
+
+class CountingPredNet:
+    """Output = number of real tokens seen so far."""
+
+    def init_state(self, batch, device="cpu"):
+        return CountState(torch.zeros(batch, 1))
+
+    def step(self, tokens, state):
+        n = state.n + (tokens != BLANK).float()[:, None]  # (B, 1)
+        return n, CountState(n)
+
+
+class ScriptJoint:
+    """Encoder frame t carries c[t], the tokens due by the end of frame t. While u < c[t] the
+    joint strongly prefers script[u], otherwise blank (logit 10 against 0 for the rest)."""
+
+    def __init__(self, script):
+        self.script = torch.tensor(script)
+
+    def project_encoder(self, enc):
+        return enc
+
+    def project_prediction(self, out):
+        return out
+
+    def combine(self, e, p):
+        due, u = torch.broadcast_tensors(e[..., 0], p[..., 0])
+        u = u.long()
+        target = torch.where(due > u, self.script[u.clamp(max=len(self.script) - 1)], BLANK)
+        return 10.0 * torch.nn.functional.one_hot(target, V + 1).float()
+
+
+LOG_P_PICK = 10.0 - math.log(math.exp(10.0) + V)  # log-prob of the favoured symbol
+
+
+@pytest.mark.parametrize(
+    "due, cap, stamps, n_blanks",
+    [
+        ([0, 1, 1, 3, 3, 5], 5, [1, 3, 3, 5, 5], 6),  # every frame closes with a blank
+        ([0, 4, 4, 5, 5], 2, [1, 1, 2, 2, 3], 3),  # frames 1, 2 hit the cap: no blank there
+        ([5], 1, [0], 0),  # one frame, cap 1: only the first token fits
+    ],
+)
+def test_greedy_follows_the_oracle(due, cap, stamps, n_blanks):
+    script = [2, 0, 1, 1, 2]
+    enc = torch.tensor(due, dtype=torch.float)[None, :, None]  # (1, T, 1)
+    dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=cap))
+    (res,) = dec.decode(CountingPredNet(), ScriptJoint(script), enc, torch.tensor([len(due)]), detokenize=str)
+    assert res.tokens == script[: len(stamps)] and res.timestamps == stamps
+    assert res.text == str(res.tokens)
+    assert res.score == pytest.approx((len(stamps) + n_blanks) * LOG_P_PICK, abs=1e-5)
+
+
+# ---------------------------------------------------------------- random small real models
+def small_model(seed, d_enc=10):
+    torch.manual_seed(seed)
+    pred = PredictionNet(V, PredictionConfig(embed_dim=8, hidden=12, layers=2, dropout=0.0)).eval()
+    joint = Joint(d_enc, 12, V, JointConfig(hidden=16)).eval()
+    with torch.no_grad():  # make the token history matter, so frames emit 0 .. cap tokens
+        pred.embed.weight *= 4.0
+        joint.pred_proj.weight *= 3.0
+        joint.enc_proj.weight *= 0.3
+    enc = 2.0 * torch.randn(3, 13, d_enc)  # (B, T, De)
+    return pred, joint, enc
+
+
+def slow_greedy(pred, joint, enc, length, cap):
+    """Reference: one utterance, full joint on (1, 1, 1, V+1) at a time."""
+    state = pred.init_state(1)
+    out, state = pred.step(torch.tensor([BLANK]), state)
+    tokens, stamps, score = [], [], 0.0
+    for t in range(length):
+        for _ in range(cap):
+            logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
+            k = int(logp.argmax())
+            score += float(logp[k])
+            if k == BLANK:
+                break
+            tokens.append(k)
+            stamps.append(t)
+            out, state = pred.step(torch.tensor([k]), state)
+    return tokens, stamps, score
+
+
+@pytest.mark.parametrize("seed, cap", [(0, 5), (1, 2), (2, 1)])
+def test_batched_greedy_equals_slow_loop_on_ragged_batch(seed, cap):
+    pred, joint, enc = small_model(seed)
+    lengths = torch.tensor([13, 6, 9])
+    dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=cap))
+    results = dec.decode(pred, joint, enc, lengths)
+    for b, res in enumerate(results):
+        with torch.no_grad():
+            tokens, stamps, score = slow_greedy(pred, joint, enc[b], int(lengths[b]), cap)
+        assert res.tokens == tokens and res.timestamps == stamps
+        assert res.score == pytest.approx(score, abs=1e-4)
+        assert max([stamps.count(t) for t in set(stamps)], default=0) <= cap
+    per_frame = [r.timestamps.count(t) for r in results for t in range(13)]
+    assert 0 in per_frame and max(per_frame) > 0  # the test exercises blanks and emissions
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_greedy_in_chunks_equals_whole(chunk):
+    pred, joint, enc = small_model(3)
+    lengths = torch.tensor([13, 5, 10])
+    dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=3))
+    whole = dec.decode(pred, joint, enc, lengths)
+    state = dec.init_state(3, pred)
+    for t0 in range(0, enc.shape[1], chunk):
+        piece = enc[:, t0 : t0 + chunk]  # (B, chunk, De)
+        valid = (lengths - t0).clamp(0, piece.shape[1])  # (B,)
+        state = dec.decode_chunk(pred, joint, piece, state, frame_offset=t0, lengths=valid)
+    for w, c in zip(whole, dec.results(state)):
+        assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
+        assert c.score == pytest.approx(w.score, abs=1e-5)
+
+
+# ---------------------------------------------------------------- modified beam search
+def path_score(pred, joint, enc, tokens, stamps):
+    """Log-prob of the one-symbol-per-frame path given by tokens and their frames."""
+    out, state = pred.step(torch.tensor([BLANK]), pred.init_state(1))
+    emitted = dict(zip(stamps, tokens))
+    assert len(emitted) == len(tokens), "at most one token per frame"
+    score = 0.0
+    for t in range(enc.shape[0]):
+        logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
+        k = emitted.get(t, BLANK)
+        score += float(logp[k])
+        if k != BLANK:
+            out, state = pred.step(torch.tensor([k]), state)
+    return score
+
+
+def beam_decode(pred, joint, enc, lengths, beam_size):
+    return RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, beam_size=beam_size)).decode(pred, joint, enc, lengths)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_of_one_equals_greedy_with_one_symbol_per_frame(seed):
+    pred, joint, enc = small_model(seed)
+    lengths = torch.tensor([13, 7, 1])
+    greedy = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=1))
+    for g, b in zip(greedy.decode(pred, joint, enc, lengths), beam_decode(pred, joint, enc, lengths, 1)):
+        assert (b.tokens, b.timestamps) == (g.tokens, g.timestamps)
+        assert b.score == pytest.approx(g.score, abs=1e-5)
+
+
+def all_paths(pred, joint, enc, t=0, out=None, state=None):
+    """Brute force: every one-symbol-per-frame path from frame t, as (score, tokens)."""
+    if out is None:
+        out, state = pred.step(torch.tensor([BLANK]), pred.init_state(1))
+    if t == enc.shape[0]:
+        return [(0.0, ())]
+    logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
+    paths = [(float(logp[BLANK]) + s, toks) for s, toks in all_paths(pred, joint, enc, t + 1, out, state)]
+    for k in range(V):
+        out_k, state_k = pred.step(torch.tensor([k]), state)
+        rest = all_paths(pred, joint, enc, t + 1, out_k, state_k)
+        paths += [(float(logp[k]) + s, (k,) + toks) for s, toks in rest]
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exhaustive_beam_equals_brute_force(seed):
+    pred, joint, enc = small_model(seed)
+    T = 4
+    enc = enc[:1, :T]  # (1, T, De)
+    with torch.no_grad():
+        paths = all_paths(pred, joint, enc[0])
+    assert len(paths) == (V + 1) ** T
+    best_score, best_tokens = max(paths)
+    (res,) = beam_decode(pred, joint, enc, torch.tensor([T]), beam_size=(V + 1) ** T)
+    assert tuple(res.tokens) == best_tokens
+    assert res.score == pytest.approx(best_score, abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beam_scores_its_path_and_beats_greedy(seed):
+    pred, joint, enc = small_model(seed)
+    lengths = torch.tensor([13, 11, 4])
+    greedy = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=1))
+    beams = beam_decode(pred, joint, enc, lengths, 4)
+    for b, (g, r) in enumerate(zip(greedy.decode(pred, joint, enc, lengths), beams)):
+        with torch.no_grad():
+            recomputed = path_score(pred, joint, enc[b, : int(lengths[b])], r.tokens, r.timestamps)
+        assert r.score == pytest.approx(recomputed, abs=1e-4)
+        assert r.score >= g.score - 1e-5
