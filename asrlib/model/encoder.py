@@ -1,0 +1,79 @@
+"""The causal encoder: causal subsampling + a stack of Conformer blocks.
+
+Block i (counting from 1) uses a Mamba2 mixer when ``i % mamba_period == 0`` (blocks 3, 6, 9,
+… by default), grouped-query attention otherwise.
+
+Chunking: ``EncoderConfig.chunk_frames`` is given in frontend frames (10 ms each) and must be a
+multiple of the subsampling factor; the attention chunk is ``chunk_frames // factor`` encoder
+frames. Streaming feeds the encoder exactly ``chunk_frames`` frontend frames per step (fewer
+only for the final flush), so both paths see the same chunk boundaries.
+
+Shapes: B batch, T frontend frames, M mel bins, T' encoder frames, D d_model.
+    forward(feats (B, T, M), lengths (B,))   -> (B, T', D), lengths' (B,)
+    step(feats (B, Tc, M), EncoderState)     -> (B, ceil(Tc / factor), D), EncoderState
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from asrlib.config import EncoderConfig, FrontendConfig, SubsamplingConfig
+from asrlib.model.block import BlockCache, ConformerBlock
+from asrlib.model.subsampling import CausalSubsampling, SubsamplingCache
+
+
+def mixer_kinds(cfg: EncoderConfig) -> list[str]:
+    """Which mixer each block uses: "mamba2" for blocks period, 2*period, … (1-based)."""
+    p = cfg.mamba_period
+    return ["mamba2" if p > 0 and (i + 1) % p == 0 else "gqa" for i in range(cfg.n_blocks)]
+
+
+@dataclass
+class EncoderState:
+    subsampling: SubsamplingCache
+    blocks: list[BlockCache]
+
+
+class Encoder(nn.Module):
+    def __init__(self, frontend: FrontendConfig, sub: SubsamplingConfig, cfg: EncoderConfig):
+        super().__init__()
+        if sub.factor not in (4, 8):
+            raise ValueError(f"model.subsampling.factor must be 4 or 8, got {sub.factor}")
+        if cfg.chunk_frames <= 0 or cfg.chunk_frames % sub.factor:
+            raise ValueError(
+                f"model.encoder.chunk_frames ({cfg.chunk_frames}) must be a positive multiple of "
+                f"model.subsampling.factor ({sub.factor})"
+            )
+        self.cfg = cfg
+        self.factor = sub.factor
+        self.chunk_frames = cfg.chunk_frames  # frontend frames per streaming step
+        self.chunk_size = cfg.chunk_frames // sub.factor  # encoder frames per attention chunk
+        self.subsampling = CausalSubsampling(frontend.n_mels, cfg.d_model, sub)
+        self.blocks = nn.ModuleList(ConformerBlock(cfg, kind, self.chunk_size) for kind in mixer_kinds(cfg))
+        self.d_model = cfg.d_model
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return self.subsampling.output_lengths(lengths)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x, lengths = self.subsampling(feats, lengths)
+        for block in self.blocks:
+            x = block(x, lengths)
+        return x, lengths
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> EncoderState:
+        return EncoderState(
+            subsampling=self.subsampling.init_state(batch, device),
+            blocks=[b.init_state(batch, device) for b in self.blocks],
+        )
+
+    def step(self, feats: Tensor, state: EncoderState) -> tuple[Tensor, EncoderState]:
+        x, sub_state = self.subsampling.step(feats, state.subsampling)
+        new_blocks = []
+        for block, block_state in zip(self.blocks, state.blocks):
+            x, block_state = block.step(x, block_state)
+            new_blocks.append(block_state)
+        return x, EncoderState(subsampling=sub_state, blocks=new_blocks)
