@@ -13,7 +13,10 @@ The user's own section names are accepted as they are: ``[train_dataset] train_m
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 import types
 import typing
 from dataclasses import dataclass, field

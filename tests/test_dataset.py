@@ -1,0 +1,214 @@
+"""AudioDataset, collate and BucketBatchSampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asrlib.data.dataset import AudioDataset, BucketBatchSampler, DataError, collate
+from asrlib.data.manifest import read_manifest
+from asrlib.tokenizer import Tokenizer
+
+DIGITS_TOKENIZER = Path(__file__).resolve().parents[1] / "data_samples" / "digits" / "tokenizer"
+
+
+@pytest.fixture
+def tok():
+    return Tokenizer(DIGITS_TOKENIZER)
+
+
+def test_items_match_soundfile_and_tokenizer(tiny_manifest, tok):
+    entries, _ = read_manifest(tiny_manifest, strict=True)
+    ds = AudioDataset(entries, 16000, tok, strict=True)
+    for i, e in enumerate(entries):
+        wave, ids, index = ds[i]
+        ref, sr = sf.read(e.audio_filepath, dtype="float32")
+        assert sr == 16000 and index == i
+        assert wave.dtype == torch.float32 and torch.equal(wave, torch.from_numpy(ref))
+        assert ids.dtype == torch.long and ids.tolist() == tok.encode(e.text)
+    ds8 = AudioDataset(entries, 8000)  # resampled, no tokenizer -> empty targets
+    wave, ids, _ = ds8[0]
+    assert abs(len(wave) - round(entries[0].duration * 8000)) <= 1 and ids.numel() == 0
+
+
+def bad_corpus(tmp_path: Path) -> Path:
+    rate = 16000
+    sf.write(tmp_path / "ok.wav", np.full(rate // 2, 0.1, np.float32), rate)
+    sf.write(tmp_path / "short.wav", np.full(rate // 100, 0.1, np.float32), rate)  # 10 ms < 25 ms
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEjunk" * 8)
+    rows = [
+        ("ok.wav", "one two"),
+        ("broken.wav", "three"),
+        ("short.wav", "four"),
+        ("ok.wav", "☃☃"),  # only <unk> for the digits tokenizer
+        ("ok.wav", "five"),
+    ]
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps({"audio_filepath": a, "text": t, "duration": 0.5}) + "\n" for a, t in rows), encoding="utf-8")
+    return m
+
+
+def test_lenient_skips_and_counts(tmp_path, tok):
+    entries, _ = read_manifest(bad_corpus(tmp_path), strict=True)
+    ds = AudioDataset(entries, 16000, tok)
+    items = [ds[i] for i in range(len(ds))]
+    assert [it is None for it in items] == [False, True, True, True, False]
+    assert dict(ds.skipped) == {"unreadable audio": 1, "too short": 1, "text not encodable": 1}
+    batch = ds.collate(items)
+    assert batch.indices == [0, 4] and batch.dropped == 3 and batch.texts == ["one two", "five"]
+
+
+@pytest.mark.parametrize("line,message", [(2, "cannot decode audio file .*broken.wav"), (3, "audio has 160 samples, fewer than one 25 ms frame"), (4, "the tokenizer turns .☃☃. into only <unk>")])
+def test_strict_names_manifest_and_line(tmp_path, tok, line, message):
+    m = bad_corpus(tmp_path)
+    entries, _ = read_manifest(m, strict=True)
+    ds = AudioDataset(entries, 16000, tok, strict=True)
+    with pytest.raises(DataError, match=f"{m}:{line}: {message}"):
+        ds[line - 1]
+
+
+def test_collate_pads_like_a_loop(seeded):
+    items = [(torch.randn(n), torch.randint(1, 30, (u,)), i) for i, (n, u) in enumerate([(5, 2), (9, 4), (3, 1)])]
+    batch = collate(items + [None], texts=["a", "b", "c"])
+    assert batch.audio.shape == (3, 9) and batch.tokens.shape == (3, 4) and batch.dropped == 1
+    for b, (w, t, i) in enumerate(items):
+        for s in range(9):
+            assert batch.audio[b, s].item() == (w[s].item() if s < len(w) else 0.0)
+        for u in range(4):
+            assert batch.tokens[b, u].item() == (t[u].item() if u < len(t) else 0)
+    assert batch.audio_lengths.tolist() == [5, 9, 3] and batch.token_lengths.tolist() == [2, 4, 1]
+    assert batch.texts == ["a", "b", "c"] and batch.indices == [0, 1, 2]
+    empty = collate([None, None])
+    assert len(empty) == 0 and empty.audio.shape == (0, 0) and empty.dropped == 2
+
+
+def test_dataloader_integration(tiny_manifest, tok):
+    entries, _ = read_manifest(tiny_manifest, strict=True)
+    ds = AudioDataset(entries, 16000, tok)
+    sampler = BucketBatchSampler([e.duration for e in entries], batch_seconds=1.6, max_batch_size=4, num_buckets=2, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate)
+    seen = []
+    for batch in loader:
+        assert batch.audio.shape[0] == len(batch.texts) == batch.tokens.shape[0]
+        assert batch.audio.shape[1] == batch.audio_lengths.max().item()
+        seen += batch.indices
+    assert sorted(seen) == list(range(len(entries)))
+
+
+# ------------------------------------------------------------------ BucketBatchSampler
+
+
+def durations(n: int, seed: int = 0) -> list[float]:
+    return np.random.default_rng(seed).uniform(0.5, 15.0, n).round(3).tolist()
+
+
+def all_ranks(d, world, epoch=0, **kw):
+    out = []
+    for r in range(world):
+        s = BucketBatchSampler(d, rank=r, world_size=world, **kw)
+        s.set_epoch(epoch)
+        out.append(list(s))
+    return out
+
+
+KW = dict(batch_seconds=40.0, max_batch_size=6, num_buckets=4, seed=3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 50, 101])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_utterance_once_and_equal_steps(n, world):
+    d = durations(n, seed=n)
+    for epoch in range(3):
+        ranks = all_ranks(d, world, epoch, **KW)
+        assert len({len(r) for r in ranks}) == 1  # same number of steps on every rank
+        flat = [i for r in ranks for b in r for i in b]
+        assert set(flat) == set(range(n))
+        if len(flat) != n:  # repeats only when no batch could be split: all singletons
+            assert all(len(b) == 1 for r in ranks for b in r) and len(flat) - n < world
+        if n >= 2 * world and max(d) * 2 <= KW["batch_seconds"]:
+            assert sorted(flat) == list(range(n))  # exactly once
+
+
+def test_drop_last_gives_equal_steps_without_repeats():
+    d = durations(37)
+    ranks = all_ranks(d, 2, drop_last=True, **KW)
+    flat = [i for r in ranks for b in r for i in b]
+    assert len(ranks[0]) == len(ranks[1]) and len(flat) == len(set(flat))
+
+
+def test_budget_and_cap():
+    d = durations(300) + [60.0, 45.0]  # two utterances longer than the budget
+    for batch in all_ranks(d, 1, **KW)[0]:
+        padded = max(d[i] for i in batch) * len(batch)
+        assert len(batch) <= 6
+        assert padded <= 40.0 or len(batch) == 1
+    singles = [b for b in all_ranks(d, 1, **KW)[0] if len(b) == 1]
+    assert [300] in singles and [301] in singles
+
+
+def test_batches_stay_inside_duration_buckets():
+    d = durations(200)
+    edges = np.sort(d)[:: 200 // 4]  # equal-count bucket lower edges (independent of the code)
+    bucket = lambda x: int(np.searchsorted(edges, x, side="right"))  # noqa: E731
+    for batch in all_ranks(d, 1, **KW)[0]:
+        assert len({bucket(d[i]) for i in batch}) == 1
+
+
+def test_deterministic_and_reshuffled_per_epoch():
+    d = durations(80)
+    a0, b0 = all_ranks(d, 2, 0, **KW), all_ranks(d, 2, 0, **KW)
+    assert a0 == b0
+    assert all_ranks(d, 2, 1, **KW) != a0
+    assert all_ranks(d, 2, 0, **{**KW, "seed": 4}) != a0
+    s = BucketBatchSampler(d, **KW)  # a full pass moves to the next epoch by itself
+    first, second = list(s), list(s)
+    assert first == all_ranks(d, 1, 0, **KW)[0] and second == all_ranks(d, 1, 1, **KW)[0]
+
+
+def test_no_shuffle_is_sorted_by_duration():
+    d = durations(50)
+    batches = list(BucketBatchSampler(d, 30.0, 8, num_buckets=3, shuffle=False))
+    order = [i for b in batches for i in b]
+    assert [d[i] for i in order] == sorted(d)
+
+
+@pytest.mark.parametrize("consumed", [0, 3, 7])
+def test_resume_mid_epoch_yields_exactly_the_rest(consumed):
+    d = durations(90)
+    full = all_ranks(d, 2, 2, **KW)[1]
+    s = BucketBatchSampler(d, rank=1, world_size=2, **KW)
+    s.set_epoch(2)
+    it = iter(s)
+    got = [next(it) for _ in range(consumed)]
+    state = json.loads(json.dumps(s.state_dict()))  # survives a checkpoint round trip
+    t = BucketBatchSampler(d, rank=1, world_size=2, **KW)
+    t.load_state_dict(state)
+    t.set_epoch(2)  # a trainer calling set_epoch with the same epoch keeps the position
+    assert got + list(t) == full
+    assert list(t) == all_ranks(d, 2, 3, **KW)[1]  # and then carries on with the next epoch
+
+
+def test_resume_with_other_world_size_is_refused():
+    d = durations(20)
+    state = BucketBatchSampler(d, world_size=2, **KW).state_dict()
+    with pytest.raises(ValueError, match="world_size=2, now world_size=1"):
+        BucketBatchSampler(d, **KW).load_state_dict(state)
+
+
+def test_offset_lines_read_only_their_segment(tmp_path):
+    ramp = np.linspace(-0.5, 0.5, 16000, dtype=np.float32)  # position readable from value
+    sf.write(tmp_path / "r.wav", ramp, 16000, subtype="FLOAT")
+    rows = [{"audio_filepath": "r.wav", "text": "a", "duration": 0.5, "offset": 0.25},
+            {"audio_filepath": "r.wav", "text": "b", "duration": 0.5, "offset": 0},  # segment from 0
+            {"audio_filepath": "r.wav", "text": "c", "duration": 0.9}]  # no offset: the whole file
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = AudioDataset(read_manifest(m, strict=True)[0], 16000, strict=True)
+    assert torch.equal(ds[0][0], torch.from_numpy(ramp[4000:12000]))
+    assert torch.equal(ds[1][0], torch.from_numpy(ramp[:8000]))
+    assert torch.equal(ds[2][0], torch.from_numpy(ramp))
