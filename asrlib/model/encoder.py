@@ -60,6 +60,8 @@ class Encoder(nn.Module):
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         x, lengths = self.subsampling(feats, lengths)
+        if x.shape[1] == 0:  # audio shorter than one window: nothing to mix
+            return x, lengths
         for block in self.blocks:
             x = block(x, lengths)
         return x, lengths
@@ -72,6 +74,8 @@ class Encoder(nn.Module):
 
     def step(self, feats: Tensor, state: EncoderState) -> tuple[Tensor, EncoderState]:
         x, sub_state = self.subsampling.step(feats, state.subsampling)
+        if x.shape[1] == 0:
+            return x, EncoderState(subsampling=sub_state, blocks=state.blocks)
         new_blocks = []
         for block, block_state in zip(self.blocks, state.blocks):
             x, block_state = block.step(x, block_state)

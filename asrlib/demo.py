@@ -1,0 +1,97 @@
+"""``make demo``: train on the bundled digits, evaluate both test splits, print a WER table.
+
+    python -m asrlib.demo --config configs/demo.toml --out runs/demo
+
+Writes into ``--out``: checkpoints/, tensorboard/, best_model/ (exported weights),
+metrics.jsonl (training curves), metrics.json (the final table) and curves.png. Running it
+again resumes from the last checkpoint (a finished run only re-evaluates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from asrlib.config import load_config
+from asrlib.logger import read_metrics
+
+
+def plot_curves(out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(out_dir)
+    train = [r for r in rows if r["split"] == "train"]
+    valid = [r for r in rows if r["split"] == "valid"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "rnnt", "ctc"):
+        ax1.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}")
+    ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend()
+    for key in sorted({k for r in valid for k in r if "wer" in k}):
+        ax2.plot([r["step"] for r in valid], [100 * r[key] for r in valid], marker="o", label=key)
+    ax2.set_xlabel("step"), ax2.set_ylabel("WER %"), ax2.legend()
+    fig.tight_layout()
+    path = out_dir / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m asrlib.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/demo.toml")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--test", action="append", default=None,
+                   help="manifests to evaluate (default: test_seen and test_unseen beside the training data)")
+    args = p.parse_args(argv)
+
+    from asrlib.checkpoint import load_model
+    from asrlib.evaluate import evaluate_manifest
+    from asrlib.tokenizer import Tokenizer
+    from asrlib.train import Trainer
+
+    out = Path(args.out)
+    cfg = load_config(args.config, [f"trainer.output_dir={out}", "trainer.resume=auto", *args.overrides])
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer.fit()
+    train_minutes = (time.perf_counter() - t0) / 60
+
+    data_dir = Path(cfg.train_dataset.train_manifest[0]).parent
+    tests = args.test or [str(data_dir / "test_seen.jsonl"), str(data_dir / "test_unseen.jsonl")]
+    model, tok_path = load_model(out / "best_model")
+    tokenizer = Tokenizer(tok_path)
+    table = {}
+    for manifest in tests:
+        name = Path(manifest).stem
+        for decoder in ("rnnt_greedy", "ctc_greedy"):
+            r = evaluate_manifest(model, tokenizer, manifest, decoder)
+            table[f"{name}/{decoder}"] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
+        r = evaluate_manifest(model, tokenizer, manifest, "rnnt_greedy", stream=True, piece_samples=1600)
+        table[f"{name}/rnnt_greedy_stream"] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
+    summary = {"steps": trainer.progress.step, "train_minutes_this_run": train_minutes,
+               "best_validation_wer": trainer.progress.best_wer, "results": table}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    png = plot_curves(out)
+
+    print(f"\n{'split/decoder':<36}{'WER %':>8}{'CER %':>8}{'utts':>6}{'RTF':>8}")
+    for key, r in table.items():
+        print(f"{key:<36}{100 * r['wer']:>8.2f}{100 * r['cer']:>8.2f}{r['num_utterances']:>6}{r['rtf']:>8.3f}")
+    print(f"\ntrained {trainer.progress.step} steps ({train_minutes:.1f} min in this run)")
+    print(f"wrote {out}/: checkpoints/, best_model/, tensorboard/, metrics.json, {png.name}")
+    from asrlib.data.manifest import read_manifest
+
+    example = read_manifest(tests[0])[0][0].audio_filepath
+    print(f"try:  .venv/bin/asrlib transcribe --checkpoint {out}/best_model --stream {example}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""AdamW with the right parameters exempt from weight decay, and the learning-rate schedule.
+
+No weight decay on: biases, norm weights (any 1-D parameter) and Mamba2's A_log, D and dt_bias
+(marked ``_no_weight_decay`` by the mixer). Schedules (``step`` counts optimiser updates):
+
+    warm-up:  lr * step / warmup                          for step < warmup
+    cosine:   floor + (lr - floor) * (1 + cos(pi * progress)) / 2   to max_steps
+    noam:     lr * sqrt(warmup / step)                    (inverse square root after warm-up)
+    constant: lr
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from asrlib.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or getattr(p, "_no_weight_decay", False):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
+    s = step + 1
+    if cfg.warmup_steps > 0 and s < cfg.warmup_steps:
+        return s / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "noam":
+        return math.sqrt(max(cfg.warmup_steps, 1) / s)
+    span = max(max_steps - cfg.warmup_steps, 1)
+    progress = min(max(s - cfg.warmup_steps, 0) / span, 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg, max_steps))

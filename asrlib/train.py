@@ -1,0 +1,402 @@
+"""The trainer: one recipe with named phases, read top to bottom.
+
+    asrlib train --config configs/demo.toml [--set optim.lr=3e-4 …] [--resume auto|PATH]
+    torchrun --nproc_per_node N -m asrlib.train --config …        (DDP; gloo on CPU, NCCL on GPU)
+
+Phases: ``setup`` (devices, data, model, optimiser, logger, resume) -> ``train_step`` (one
+optimiser update, possibly over several accumulated micro-batches) -> ``evaluate`` (losses and
+WER of CTC and RNN-T greedy on the validation manifests) -> ``save_checkpoint`` (atomic; last K
+kept, plus ``best.pt`` by validation WER).
+
+Determinism: augmentation draws from a generator seeded by (seed, step), dropout from the
+global torch RNG whose state is checkpointed, and the sampler position is saved, so a resumed
+run continues bit-exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from asrlib import checkpoint as ckpt
+from asrlib.config import Config, load_config, to_dict
+from asrlib.data.augment import spec_augment, speed_perturb
+from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler
+from asrlib.data.manifest import read_manifest
+from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
+from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
+from asrlib.logger import RunLogger
+from asrlib.losses.ctc import ctc_loss
+from asrlib.losses.rnnt import rnnt_loss_any
+from asrlib.metrics import wer
+from asrlib.model.hybrid import HybridASR, build_model, count_parameters
+from asrlib.optim import build_optimizer, build_scheduler
+from asrlib.tokenizer import Tokenizer
+
+
+class HybridLoss(nn.Module):
+    """Model + both losses in one forward, so DistributedDataParallel sees one call per step.
+
+    forward(audio (B, S), audio_lengths, tokens (B, U), token_lengths, generator | None)
+        -> dict of scalar tensors: loss, rnnt, ctc, and counts of infeasible utterances.
+    """
+
+    def __init__(self, model: HybridASR, cfg: Config):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, audio, audio_lengths, tokens, token_lengths, generator: torch.Generator | None = None):
+        m, lc = self.model, self.cfg.loss
+        feats, feat_lengths = m.features(audio, audio_lengths)
+        if generator is not None:  # SpecAugment: training only
+            feats = spec_augment(feats, feat_lengths, self.cfg.spec_augment, generator)
+        enc, enc_lengths = m.encode(feats, feat_lengths)
+        ctc, ctc_bad = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
+                                zero_infinity=lc.zero_infinity)
+        pred = m.prediction(tokens)
+        rnnt, rnnt_bad = rnnt_loss_any(m.joint, enc, pred, tokens, enc_lengths, token_lengths, blank=m.blank,
+                                       t_chunk=lc.fused_t_chunk, zero_infinity=lc.zero_infinity,
+                                       backend=lc.rnnt_backend)
+        w = lc.ctc_weight
+        return {"loss": (1 - w) * rnnt + w * ctc, "rnnt": rnnt.detach(), "ctc": ctc.detach(),
+                "infeasible": torch.tensor(float(int(rnnt_bad) + int(ctc_bad)))}
+
+
+@dataclass
+class Progress:
+    """Counters saved in every checkpoint."""
+
+    step: int = 0  # optimiser updates done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of this epoch already consumed (all micro-batches)
+    skipped_nonfinite: int = 0  # optimiser steps skipped for a non-finite loss or gradient
+    skipped_utterances: int = 0  # unreadable / too short / unencodable utterances dropped
+    infeasible: int = 0
+    audio_seconds: float = 0.0
+    best_wer: float = math.inf
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(cfg.trainer.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if cfg.trainer.num_threads > 0:
+            torch.set_num_threads(cfg.trainer.num_threads)
+        torch.manual_seed(cfg.trainer.seed)
+        random.seed(cfg.trainer.seed)
+        self.out = Path(cfg.trainer.output_dir)
+
+        self.tokenizer = Tokenizer(cfg.tokenizer.tokenizer_path)
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = self.tokenizer.vocab_size
+        elif cfg.model.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
+                             f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces")
+        self.model = build_model(cfg.model).to(self.device)
+        self.loss_module = HybridLoss(self.model, cfg)
+        self.ddp = DistributedDataParallel(self.loss_module) if self.world > 1 else None
+        if cfg.trainer.compile:
+            self.loss_module = torch.compile(self.loss_module)
+        self.opt = build_optimizer(self.model, cfg.optim)
+        self.sched = build_scheduler(self.opt, cfg.optim, cfg.trainer.max_steps)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.trainer.precision]
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            self.amp_dtype = None  # mixed precision is a GPU feature; CPU trains in float32
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        td, vd = cfg.train_dataset, cfg.validation_dataset
+        sr = cfg.model.frontend.sample_rate
+        entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
+                                         max_duration=td.max_duration, strict=td.strict)
+        self.log_line(f"train: {report.summary()}")
+        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict)
+        self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
+                                          td.num_buckets, cfg.trainer.seed, self.rank, self.world)
+        self.val_sets = []
+        for path in cfg.validation_dataset.validation_manifest:
+            ventries, vreport = read_manifest([path], max_duration=vd.max_duration, strict=False)
+            self.log_line(f"validation {Path(path).name}: {vreport.summary()}")
+            self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
+        self.progress = Progress()
+        self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
+        self.maybe_resume()
+        n = count_parameters(self.model)
+        self.log_line(f"model: {n / 1e6:.2f} M parameters; device {self.device}; world size {self.world}")
+
+    def maybe_resume(self) -> None:
+        path = self.cfg.trainer.resume
+        if not path:
+            return
+        if path == "auto":
+            found = ckpt.list_checkpoints(self.out / "checkpoints")
+            if not found:
+                return
+            path = found[-1]
+        state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_tuple_state(state["rng"]["python"]))
+        self.log_line(f"resumed from {path} at step {self.progress.step}")
+
+    # ------------------------------------------------------------------ train_step
+    def micro_batches(self):
+        """Endless stream of batches, epoch after epoch, resuming mid-epoch where saved."""
+        loader_args = dict(collate_fn=self.train_set.collate, num_workers=self.cfg.train_dataset.num_workers)
+        while True:
+            p = self.progress
+            self.sampler.load_state_dict(self.sampler.state_dict(p.epoch, p.batches_in_epoch))
+            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **loader_args)
+            for batch in loader:
+                p.batches_in_epoch += 1
+                p.skipped_utterances += batch.dropped
+                if len(batch) > 0:
+                    yield batch
+            self.progress.epoch += 1
+            self.progress.batches_in_epoch = 0
+
+    def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
+        factors = self.cfg.train_dataset.speed_perturb
+        if not factors:
+            return batch
+        sr = self.cfg.model.frontend.sample_rate
+        waves = []
+        for b in range(batch.audio.shape[0]):
+            f = factors[int(torch.randint(0, len(factors), (1,), generator=gen))]
+            waves.append(speed_perturb(batch.audio[b, : batch.audio_lengths[b]].numpy(), f, sr))
+        lengths = torch.tensor([len(w) for w in waves])
+        audio = torch.zeros(len(waves), int(lengths.max()))
+        for b, w in enumerate(waves):
+            audio[b, : len(w)] = torch.from_numpy(w)
+        return Batch(audio, lengths, batch.tokens, batch.token_lengths, batch.texts, batch.indices)
+
+    def train_step(self, batches: list[Batch]) -> dict[str, float]:
+        """One optimiser update over ``batches`` (gradient accumulation); returns logged values."""
+        self.model.train()
+        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self.progress.step)
+        module = self.ddp or self.loss_module
+        totals = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0, "infeasible": 0.0}
+        finite, seconds = True, 0.0
+        for i, batch in enumerate(batches):
+            batch = self.perturb(batch, gen)
+            seconds += float(batch.audio_lengths.sum()) / self.cfg.model.frontend.sample_rate
+            sync = self.ddp is None or i == len(batches) - 1
+            ctx = module.no_sync() if (self.ddp is not None and not sync) else _null()
+            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                     enabled=self.amp_dtype is not None):
+                out = module(*(t.to(self.device) for t in (batch.audio, batch.audio_lengths,
+                                                           batch.tokens, batch.token_lengths)), gen)
+            loss = out["loss"] / len(batches)
+            finite &= bool(torch.isfinite(loss))
+            self.scaler.scale(loss).backward()
+            for k in totals:
+                totals[k] += float(out[k].detach()) / (len(batches) if k != "infeasible" else 1)
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        finite = finite and bool(torch.isfinite(grad_norm))
+        if self.world > 1:  # every rank must take the same decision
+            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item() > 0)
+        if finite:
+            self.scaler.step(self.opt)
+            self.sched.step()
+        else:
+            self.progress.skipped_nonfinite += 1
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        self.progress.infeasible += int(totals["infeasible"])
+        self.progress.audio_seconds += seconds
+        totals.update(grad_norm=float(grad_norm), lr=self.sched.get_last_lr()[0], seconds=seconds,
+                      skipped=float(not finite))
+        return totals
+
+    # ------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        results = {}
+        for name, dataset in self.val_sets:
+            r = evaluate_dataset(self.model, dataset, self.tokenizer, self.device, self.cfg)
+            results.update({f"{name}/{k}": v for k, v in r.items() if not isinstance(v, list)})
+            if self.logger:
+                for ref, hyp in r["examples"][:3]:
+                    self.logger.text(self.progress.step, f"{name}/example", f"ref: {ref}\nhyp: {hyp}")
+        return results
+
+    # ------------------------------------------------------------------ save_checkpoint
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        if self.rank != 0:
+            return None
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(self.progress.epoch, self.progress.batches_in_epoch),
+            "progress": self.progress.__dict__.copy(),
+            "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate()))},
+            "config": to_dict(self.cfg),
+            "tokenizer_path": str(self.tokenizer.path),
+        }
+        folder = self.out / "checkpoints"
+        path = ckpt.atomic_save(state, folder / f"step-{self.progress.step:08d}.pt")
+        ckpt.rotate(folder, self.cfg.trainer.keep_last)
+        if best:
+            ckpt.atomic_save(state, folder / "best.pt")
+            ckpt.export_weights(self.model, self.out / "best_model", self.tokenizer.path)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Progress:
+        tc = self.cfg.trainer
+        stream = self.micro_batches()
+        bar = None
+        if self.rank == 0 and tc.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tc.max_steps, initial=self.progress.step, desc="train", dynamic_ncols=True)
+        t0, seconds0 = time.perf_counter(), self.progress.audio_seconds
+        while self.progress.step < tc.max_steps:
+            values = self.train_step([next(stream) for _ in range(self.cfg.optim.accumulate)])
+            step = self.progress.step
+            speed = (self.progress.audio_seconds - seconds0) * self.world / max(time.perf_counter() - t0, 1e-9)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
+            if self.logger and (step % tc.log_every == 0 or step == 1):
+                self.logger.log(step, "train", {**values, "audio_seconds_per_second": speed})
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                metrics = self.evaluate() if self.val_sets else {}
+                score = _primary_wer(metrics)
+                is_best = score < self.progress.best_wer
+                if is_best:
+                    self.progress.best_wer = score
+                if self.logger:
+                    self.logger.log(step, "valid", metrics)
+                self.log_line(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                self.save_checkpoint(best=is_best)
+        if bar:
+            bar.close()
+        if self.logger:
+            self.logger.close()
+        return self.progress
+
+    def log_line(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokenizer, device, cfg: Config) -> dict:
+    """Losses and greedy WER (CTC and RNN-T) of ``model`` on ``dataset``."""
+    vd = cfg.validation_dataset
+    sampler = BucketBatchSampler([e.duration for e in dataset.entries], vd.batch_seconds, vd.max_batch_size,
+                                 1, 0, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+    loss_module = HybridLoss(model, cfg)
+    ctc_dec = CTCGreedyDecoder(CTCGreedyOptions(blank=model.blank))
+    rnnt_dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=model.blank))
+    refs, ctc_hyps, rnnt_hyps = [], [], []
+    sums = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0}
+    n = 0
+    for batch in loader:
+        if len(batch) == 0:
+            continue
+        args = [t.to(device) for t in (batch.audio, batch.audio_lengths, batch.tokens, batch.token_lengths)]
+        out = loss_module(*args)
+        for k in sums:
+            sums[k] += float(out[k]) * len(batch.texts)
+        n += len(batch.texts)
+        enc, enc_lengths = model(args[0], args[1])
+        ctc_hyps += [r.text for r in ctc_dec.decode(model.ctc_head(enc), enc_lengths, tokenizer.decode)]
+        rnnt_hyps += [r.text for r in rnnt_dec.decode(model.prediction, model.joint, enc, enc_lengths,
+                                                       tokenizer.decode)]
+        refs += batch.texts
+    result = {k: v / max(n, 1) for k, v in sums.items()}
+    result.update(wer_ctc=wer(refs, ctc_hyps), wer_rnnt=wer(refs, rnnt_hyps), num_utterances=float(n))
+    result["examples"] = list(zip(refs, rnnt_hyps))
+    return result
+
+
+def _primary_wer(metrics: dict[str, float]) -> float:
+    """Validation WER that picks the best checkpoint: mean RNN-T WER over validation sets."""
+    vals = [v for k, v in metrics.items() if k.endswith("wer_rnnt")]
+    return sum(vals) / len(vals) if vals else math.inf
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device(f"cuda:{local_rank}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device = {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _list_state(state):
+    """Python's random state as nested lists (checkpoint-safe plain data)."""
+    return [list(x) if isinstance(x, tuple) else x for x in state]
+
+
+def _tuple_state(state):
+    return tuple(tuple(x) if isinstance(x, list) else x for x in state)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="asrlib train", description="Train a hybrid RNN-T + CTC model from a TOML config.")
+    p.add_argument("--config", required=True, help="TOML file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", default=None, help="'auto' (latest in output_dir) or a checkpoint path")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = list(args.overrides) + ([f"trainer.resume={args.resume}"] if args.resume else [])
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer.fit()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

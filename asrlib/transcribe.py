@@ -1,0 +1,88 @@
+"""``asrlib transcribe``: print the text of audio files.
+
+    asrlib transcribe --checkpoint CK FILE…                     one line per file (offline)
+    asrlib transcribe --checkpoint CK --stream FILE…            partial hypotheses as they grow,
+                                                                 then the final text, RTF, latency
+    asrlib transcribe --onnx DIR --stream FILE…                 the same with onnxruntime only
+
+CK is a training checkpoint or an exported folder (e.g. ``models/digits_demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from asrlib.audio import load_audio
+
+
+def stream_file(rec, wave: np.ndarray, sample_rate: int, piece_samples: int, out=sys.stdout) -> dict:
+    """Feed ``wave`` in pieces, printing each new partial text; return timing figures."""
+    latencies, last = [], ""
+    t_start = time.perf_counter()
+    for i in range(0, len(wave), piece_samples):
+        t0 = time.perf_counter()
+        text = rec.accept_waveform(wave[i : i + piece_samples])
+        latencies.append(time.perf_counter() - t0)
+        if text != last:
+            print(f"  [{(i + piece_samples) / sample_rate:6.2f} s] {text}", file=out, flush=True)
+            last = text
+    result = rec.finalize()
+    total = time.perf_counter() - t_start
+    lat = np.array(latencies) * 1000
+    return {"text": result.text, "rtf": total / max(len(wave) / sample_rate, 1e-9),
+            "latency_ms_median": float(np.median(lat)) if len(lat) else 0.0,
+            "latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="asrlib transcribe", description="Print the text of audio files.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="training checkpoint (.pt) or exported model folder")
+    src.add_argument("--onnx", help="folder written by `asrlib export` (implies --stream)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--stream", action="store_true", help="stream each file, printing partial hypotheses")
+    p.add_argument("--decoder", default="rnnt_greedy",
+                   help="rnnt_greedy | ctc_greedy (| ctc_beam | rnnt_beam offline)")
+    p.add_argument("--piece-ms", type=float, default=160.0, help="audio fed per call when streaming")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    if args.onnx:
+        from asrlib.onnx_runtime import load_onnx_recognizer
+
+        make_rec = lambda: load_onnx_recognizer(args.onnx, decoder=args.decoder)  # noqa: E731
+        import json
+        from pathlib import Path
+
+        sr = json.loads((Path(args.onnx) / "config.json").read_text())["model"]["frontend"]["sample_rate"]
+        args.stream = True
+    else:
+        from asrlib.checkpoint import load_model
+        from asrlib.evaluate import decode_offline
+        from asrlib.streaming import StreamingRecognizer
+        from asrlib.tokenizer import Tokenizer
+
+        model, tok_path = load_model(args.checkpoint, args.device)
+        tokenizer = Tokenizer(tok_path)
+        sr = model.cfg.frontend.sample_rate
+        make_rec = lambda: StreamingRecognizer(model, tokenizer, decoder=args.decoder, device=args.device)  # noqa: E731
+
+    for path in args.files:
+        wave = load_audio(path, sr)
+        if args.stream:
+            print(f"{path}:", flush=True)
+            r = stream_file(make_rec(), wave, sr, max(1, int(args.piece_ms * sr / 1000)))
+            print(f"{path}\t{r['text']}\t(RTF {r['rtf']:.3f}, per-piece latency median "
+                  f"{r['latency_ms_median']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms)")
+        else:
+            (res,) = decode_offline(model, [wave], args.decoder, detokenize=tokenizer.decode, device=args.device)
+            print(f"{path}\t{res.text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

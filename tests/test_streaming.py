@@ -1,0 +1,208 @@
+"""Training output == streaming output, for the whole model.
+
+Reference: the full, chunk-masked forward of the model (what training computes). The streaming
+recogniser must give the same encoder frames (to float32 round-off) and the same hypotheses,
+whatever the piece size the audio arrives in, including the final partial chunk.
+Tolerance: max |full - stream| <= 1e-5 * max(1, max |full|).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asrlib.audio import load_audio
+from asrlib.compare import compare_stream
+from asrlib.config import load_config
+from asrlib.data.manifest import read_manifest
+from asrlib.model import state as st
+from asrlib.model.hybrid import build_model
+from asrlib.streaming import StreamingRecognizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "data_samples" / "digits"
+SHIPPED = ROOT / "models" / "digits_demo"
+PIECES = [1, 37, 160, 1600, 16000, 0]  # 0 = the whole file in one call
+TOL = 1e-5
+
+
+def _model(preset: str, seed: int = 0, **encoder):
+    cfg = load_config(ROOT / "configs" / f"{preset}.toml")
+    cfg.model.vocab_size = 12
+    for k, v in encoder.items():
+        setattr(cfg.model.encoder, k, v)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).eval()
+    # random weights give near-uniform outputs; scale the heads so that greedy decoding emits
+    # tokens and a wrong frame would change the text
+    with torch.no_grad():
+        model.ctc_head.proj.weight.mul_(8.0)
+        model.joint.out.weight.mul_(8.0)
+    return model
+
+
+def _utterance(i: int = 0, sr: int = 16000) -> np.ndarray:
+    entries, _ = read_manifest(DIGITS / "test_seen.jsonl")
+    return load_audio(entries[i].audio_filepath, sr)
+
+
+def _check(report: dict) -> None:
+    scale = max(1.0, report["max_abs_value"])
+    assert report["offline_frames"] == report["stream_frames"], report
+    assert report["max_abs_diff"] <= TOL * scale, report["max_abs_diff"]
+    assert report["offline_tokens"] == report["stream_tokens"]
+    assert report["same_text"], (report["offline_ctc_text"], report["stream_ctc_text"])
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_tiny_random_weights_every_piece_size(piece):
+    torch.set_num_threads(1)
+    model = _model("tiny")
+    wave = _utterance(1)
+    _check(compare_stream(model, wave, piece))
+
+
+@pytest.mark.parametrize("piece", [37, 1600, 0])
+def test_demo_random_weights(piece):
+    torch.set_num_threads(1)
+    model = _model("demo")
+    _check(compare_stream(model, _utterance(2), piece))
+
+
+def test_tail_is_flushed_for_every_cut():
+    """Audio ending anywhere inside a chunk: the last partial chunk still produces frames."""
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=3)
+    wave = _utterance(0)
+    chunk = model.chunk_samples
+    for extra in (0, 1, 159, 160, 161, chunk // 2, chunk - 1):
+        cut = wave[: 2 * chunk + 240 + extra]
+        r = compare_stream(model, cut, 160)
+        expected = int(model.output_lengths(torch.tensor([len(cut)]))[0])
+        assert r["stream_frames"] == expected
+        _check(r)
+
+
+def test_shorter_than_a_window_gives_nothing_in_both_paths():
+    model = _model("tiny")
+    r = compare_stream(model, np.zeros(100, np.float32), 37)
+    assert r["offline_frames"] == r["stream_frames"] == 0
+    assert r["offline_tokens"] == r["stream_tokens"] == []
+
+
+def test_batched_streams_equal_single_streams():
+    """Three streams of different lengths fed interleaved pieces == each one alone."""
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=1)
+    waves = [_utterance(i) for i in (0, 3, 5)]
+    alone = []
+    for w in waves:
+        rec = StreamingRecognizer(model, keep_encoder_output=True)
+        rec.accept_waveform(w)
+        alone.append((rec.finalize().tokens, rec.encoder_output()))
+    batched = StreamingRecognizer(model, num_streams=3, keep_encoder_output=True)
+    pieces = [500, 1234, 160]
+    pos = [0, 0, 0]
+    while any(p < len(w) for p, w in zip(pos, waves)):
+        feed = []
+        for i, w in enumerate(waves):
+            feed.append(w[pos[i] : pos[i] + pieces[i]] if pos[i] < len(w) else None)
+            pos[i] += pieces[i]
+        batched.accept_waveforms(feed)
+    for i in range(3):
+        result = batched.finalize(i)
+        tokens, enc = alone[i]
+        assert result.tokens == tokens
+        out = batched.encoder_output(i)
+        assert out.shape == enc.shape
+        assert (out - enc).abs().max() <= TOL * max(1.0, float(enc.abs().max()))
+
+
+def test_offline_batch_equals_alone():
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=2)
+    waves = [_utterance(i) for i in (0, 4)]
+    lengths = torch.tensor([len(w) for w in waves])
+    audio = torch.zeros(2, int(lengths.max()))
+    for b, w in enumerate(waves):
+        audio[b, : len(w)] = torch.from_numpy(w)
+    with torch.no_grad():
+        enc, enc_len = model(audio, lengths)
+        for b, w in enumerate(waves):
+            alone, n = model(torch.from_numpy(w)[None], torch.tensor([len(w)]))
+            assert int(n[0]) == int(enc_len[b])
+            assert torch.allclose(enc[b, : int(n[0])], alone[0], atol=TOL)
+
+
+def test_per_block_step_equals_forward():
+    """Each Conformer block (GQA and Mamba2 kinds) streams like its whole-sequence forward."""
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=4)
+    enc = model.encoder
+    x = torch.randn(2, 3 * enc.chunk_size + 2, enc.d_model)
+    lengths = torch.full((2,), x.shape[1])
+    for block in enc.blocks:
+        with torch.no_grad():
+            full = block(x, lengths)
+            state, outs = block.init_state(2), []
+            for t0 in range(0, x.shape[1], enc.chunk_size):
+                y, state = block.step(x[:, t0 : t0 + enc.chunk_size], state)
+                outs.append(y)
+        assert torch.allclose(torch.cat(outs, 1), full, atol=TOL), block.kind
+
+
+@pytest.mark.slow
+def test_one_hour_stream_has_constant_state():
+    """An hour of audio through the streaming encoder: the state never grows.
+
+    Uses 4 s chunks so the hour takes ~900 steps; positions reach 90,000 encoder frames.
+    """
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=5, chunk_frames=400, left_chunks=1)
+    rec = StreamingRecognizer(model, decoder="ctc_greedy")
+    rng = np.random.default_rng(0)
+    size0 = None
+    piece = 16000 * 30
+    for _ in range(120):  # 120 x 30 s = 1 h
+        rec.accept_waveform((0.1 * rng.standard_normal(piece)).astype(np.float32))
+        size = rec.state_numel()
+        size0 = size0 if size0 is not None else size
+        assert size == size0
+    rec.finalize()
+    pos = st.flatten(rec.state)["encoder.blocks.0.mixer.pos"]
+    frames = ((3600 * 16000 - 400) // 160 + 1 + 3) // 4  # center=False frames, then ceil(/4)
+    assert int(pos[0]) == frames == 90000
+    assert rec.state_numel() == size0
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="models/digits_demo not built yet")
+@pytest.mark.parametrize("piece", [1, 37, 160, 1600, 16000, 0])
+def test_shipped_weights_stream_equals_full(piece):
+    from asrlib.checkpoint import load_model
+    from asrlib.tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    model, tok = load_model(SHIPPED)
+    r = compare_stream(model, _utterance(6), piece, Tokenizer(tok))
+    _check(r)
+    assert r["offline_text"] and r["offline_text"] == r["stream_text"]
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="models/digits_demo not built yet")
+def test_shipped_weights_streaming_wer_equals_offline(tmp_path):
+    from asrlib.checkpoint import load_model
+    from asrlib.evaluate import evaluate_manifest
+    from asrlib.tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    model, tok = load_model(SHIPPED)
+    lines = (DIGITS / "test_unseen.jsonl").read_text().splitlines()[:20]
+    manifest = tmp_path / "subset.jsonl"
+    manifest.write_text("\n".join(l.replace('"audio/', f'"{DIGITS}/audio/') for l in lines) + "\n")
+    off = evaluate_manifest(model, Tokenizer(tok), manifest, "rnnt_greedy")
+    on = evaluate_manifest(model, Tokenizer(tok), manifest, "rnnt_greedy", stream=True, piece_samples=800)
+    assert [u["hyp"] for u in off["utterances"]] == [u["hyp"] for u in on["utterances"]]
+    assert off["wer"] == on["wer"]
