@@ -1,0 +1,173 @@
+"""Streaming with onnxruntime only: the graphs written by ``asrlib export`` behind the same
+:class:`~asrlib.streaming.StreamingRecognizer` the PyTorch model uses.
+
+:class:`OnnxStreamingBackend` has the interface of ``TorchStreamingBackend`` (``init_state``,
+``prime``, ``step``, ``ctc_log_probs``, ``blank``, ``hop``, ``context``, ``chunk_samples``,
+``device``), and its ``prediction`` / ``joint`` attributes are duck-typed stand-ins for
+``PredictionNet`` / ``Joint`` with exactly the methods the RNN-T decoders call. The
+recogniser logic (buffering, priming, the flush, decoding) is therefore not written twice.
+
+    rec = load_onnx_recognizer("exported/")          # tokenizer from exported/tokenizer.model
+    for piece in pieces:
+        print(rec.accept_waveform(piece))
+    print(rec.finalize().text)
+
+The state is a dict ``{onnx input name: tensor}`` (e.g. ``state.encoder.blocks.0.mixer.k``),
+batch first, so :mod:`asrlib.model.state` selects/scatters streams as for the PyTorch state.
+Joint: ``joint.onnx`` holds both projections, so ``project_encoder``/``project_prediction``
+here are the identity and ``combine`` runs the whole joint on raw (enc, pred) vectors.
+
+Shapes: B streams, N samples, T' encoder frames, D encoder dim, Dp prediction dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asrlib.config import ModelConfig, model_config_from_dict
+from asrlib.model import state as st
+from asrlib.model.heads import PredictionState
+
+_DTYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64, "tensor(int64)": torch.int64}
+_FRONTEND_SAMPLES = "state.frontend.samples"
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {path.parent} a folder written by `asrlib export`?")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def read_metadata(onnx_file: str | Path) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, streaming constants) stored in an exported .onnx file's metadata."""
+    import onnx
+
+    proto = onnx.load(str(onnx_file), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "asrlib_model_config" not in props:
+        raise ValueError(f"{onnx_file}: no 'asrlib_model_config' metadata; was it written by `asrlib export`?")
+    return model_config_from_dict(json.loads(props["asrlib_model_config"])), json.loads(props["asrlib_streaming"])
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+class OnnxPrediction:
+    """``predictor_step.onnx`` with the ``PredictionNet`` streaming interface (init_state, step)."""
+
+    def __init__(self, session):
+        self.session = session
+        h = session.get_inputs()[1]  # (B, layers, Hp)
+        self.layers, self.hidden = int(h.shape[1]), int(h.shape[2])
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> PredictionState:
+        z = torch.zeros(batch, self.layers, self.hidden)
+        return PredictionState(h=z, c=z.clone())
+
+    def step(self, tokens: Tensor, state: PredictionState) -> tuple[Tensor, PredictionState]:
+        """tokens (B,) + state -> out (B, Dp), new state."""
+        feed = {"tokens": _np(tokens).astype(np.int64), "h": _np(state.h), "c": _np(state.c)}
+        out, h, c = self.session.run(None, feed)
+        return torch.from_numpy(out), PredictionState(h=torch.from_numpy(h), c=torch.from_numpy(c))
+
+
+class OnnxJoint:
+    """``joint.onnx`` with the ``Joint`` methods the decoders call; projections are inside combine."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def project_encoder(self, enc: Tensor) -> Tensor:
+        return enc
+
+    def project_prediction(self, pred: Tensor) -> Tensor:
+        return pred
+
+    def combine(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """enc (B|1, D), pred (B|1, Dp) -> logits (B, V + 1); a batch of 1 broadcasts."""
+        b = max(enc.shape[0], pred.shape[0])
+        e = _np(enc.expand(b, -1)).astype(np.float32)  # (B, D)
+        p = _np(pred.expand(b, -1)).astype(np.float32)  # (B, Dp)
+        (logits,) = self.session.run(None, {"enc": np.ascontiguousarray(e), "pred": np.ascontiguousarray(p)})
+        return torch.from_numpy(logits)
+
+
+class OnnxStreamingBackend:
+    """onnxruntime sessions of an export folder, as a ``StreamingRecognizer`` backend."""
+
+    def __init__(self, onnx_dir: str | Path, threads: int | None = None):
+        self.dir = Path(onnx_dir)
+        if not self.dir.is_dir():
+            raise FileNotFoundError(f"ONNX folder not found: {self.dir} (write one with `asrlib export`)")
+        self.encoder = _session(self.dir / "encoder_step.onnx", threads)
+        self.cfg, info = read_metadata(self.dir / "encoder_step.onnx")
+        self.hop, self.context = int(info["hop"]), int(info["context"])
+        self.chunk_samples, self.blank = int(info["chunk_samples"]), int(info["blank"])
+        self.sample_rate = int(info["sample_rate"])
+        self.device = torch.device("cpu")
+        self.state_inputs = [i for i in self.encoder.get_inputs() if i.name != "audio"]
+        self.state_names = [i.name for i in self.state_inputs]
+        if self.state_names != info["state_names"]:
+            raise ValueError(f"{self.dir}: encoder_step.onnx inputs do not match its metadata; re-export the model")
+        self.output_names = ["encoder_out", "ctc_log_probs"] + [f"new_{n}" for n in self.state_names]
+        self.prediction = OnnxPrediction(_session(self.dir / "predictor_step.onnx", threads))
+        self.joint = OnnxJoint(_session(self.dir / "joint.onnx", threads))
+        self._last: tuple[Tensor, Tensor] | None = None  # (encoder_out, ctc_log_probs) of the last step
+
+    def init_state(self, n: int) -> dict[str, Tensor]:
+        """Zeros for ``n`` streams: {state input name: (n, …) tensor}."""
+        return {i.name: torch.zeros(n, *[int(d) for d in i.shape[1:]], dtype=_DTYPES[i.type]) for i in self.state_inputs}
+
+    def prime(self, state: dict[str, Tensor], i: int, first: np.ndarray) -> dict[str, Tensor]:
+        """Stream ``i`` starts with its own first ``context`` samples in the frontend cache."""
+        new = dict(state)
+        new[_FRONTEND_SAMPLES] = state[_FRONTEND_SAMPLES].clone()
+        new[_FRONTEND_SAMPLES][i] = torch.from_numpy(np.asarray(first, np.float32))
+        return new
+
+    def step(self, state: dict[str, Tensor], streams: list[int], samples: np.ndarray) -> tuple[Tensor, Any]:
+        """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), new state."""
+        idx = torch.tensor(streams)
+        sub = st.select(state, idx)
+        feed = {"audio": np.ascontiguousarray(samples, dtype=np.float32)}
+        feed.update({n: _np(sub[n]) for n in self.state_names})
+        enc, ctc, *new = self.encoder.run(self.output_names, feed)
+        new_sub = {n: torch.from_numpy(v) for n, v in zip(self.state_names, new)}
+        self._last = (torch.from_numpy(enc), torch.from_numpy(ctc))
+        return self._last[0], st.scatter(state, idx, new_sub)
+
+    def ctc_log_probs(self, enc: Tensor) -> Tensor:
+        """CTC log-probs (k, T', V + 1) of the encoder output the last ``step`` returned."""
+        if self._last is None or enc is not self._last[0]:
+            raise ValueError("OnnxStreamingBackend.ctc_log_probs: pass the encoder output of the last step()")
+        return self._last[1]
+
+
+def load_onnx_recognizer(onnx_dir: str | Path, decoder: str = "rnnt_greedy", **kwargs):
+    """A StreamingRecognizer on onnxruntime, tokenizer from ``onnx_dir/tokenizer.model``.
+
+    ``kwargs`` go to :class:`StreamingRecognizer` (num_streams, max_symbols_per_frame, …);
+    ``threads`` sets onnxruntime's intra-op threads.
+    """
+    from asrlib.streaming import StreamingRecognizer
+    from asrlib.tokenizer import Tokenizer
+
+    threads = kwargs.pop("threads", None)
+    tok = Path(onnx_dir) / "tokenizer.model"
+    if not tok.is_file():
+        raise FileNotFoundError(f"{tok} not found: export with a checkpoint that knows its tokenizer, "
+                                "or copy the tokenizer.model the model was trained with into that folder")
+    backend = OnnxStreamingBackend(onnx_dir, threads)
+    return StreamingRecognizer(tokenizer=Tokenizer(tok), decoder=decoder, backend=backend, **kwargs)

@@ -1,0 +1,238 @@
+"""ONNX export + onnxruntime streaming, checked against the PyTorch model.
+
+References: the whole-utterance PyTorch forward (the central property: streaming == training
+output), PyTorch's own streaming step / prediction step / joint on the same inputs, a plain
+argmax-collapse loop for greedy CTC, and the config the model was built from.
+
+Tiny preset, random weights (vocab 16), hop 160 / win 400 samples, chunk 16 frames = 2560
+samples = 4 encoder frames. One export (module fixture) serves every test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from asrlib.checkpoint import export_weights  # noqa: E402
+from asrlib.config import load_config, model_config_from_dict  # noqa: E402
+from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions  # noqa: E402
+from asrlib.export import export_onnx, main, state_names, stream_state, verification_audio  # noqa: E402
+from asrlib.model import state as st  # noqa: E402
+from asrlib.model.heads import PredictionState  # noqa: E402
+from asrlib.model.hybrid import build_model  # noqa: E402
+from asrlib.onnx_runtime import OnnxStreamingBackend, load_onnx_recognizer, read_metadata  # noqa: E402
+from asrlib.streaming import StreamingRecognizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "data_samples" / "digits" / "tokenizer"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(_one_thread):
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "configs" / "tiny.toml")
+    cfg.model.vocab_size = 16
+    return build_model(cfg.model).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx"), TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def backend(onnx_dir):
+    return OnnxStreamingBackend(onnx_dir, threads=1)
+
+
+def _ctc_greedy_ref(log_probs: torch.Tensor, blank: int) -> list[int]:
+    """Argmax per frame, merge repeats, drop blanks: the textbook rule, as a loop."""
+    out, prev = [], None
+    for t in range(log_probs.shape[0]):
+        k = int(log_probs[t].argmax())
+        if k != blank and k != prev:
+            out.append(k)
+        prev = k
+    return out
+
+
+def test_stream_of_20_chunks_matches_full_forward(model, onnx_dir):
+    """>= 20 chunks + a partial flush through onnxruntime == the PyTorch whole-utterance forward."""
+    ctx, n = 240, model.chunk_samples
+    need = ctx + 20 * n + 5 * 160 + 37  # 20 full chunks, a 5-frame flush, 37 stray samples
+    x = verification_audio(16000, need)[:need]
+    with torch.no_grad():
+        audio = torch.from_numpy(x)[None]
+        ref, ref_len = model(audio, torch.tensor([len(x)]))  # (1, T', D)
+        ref_rnnt = RNNTGreedyDecoder(RNNTGreedyOptions(model.blank)).decode(model.prediction, model.joint, ref, ref_len)[0]
+        ref_ctc = _ctc_greedy_ref(model.ctc_head(ref)[0], model.blank)
+    assert ref.shape[1] == 20 * 4 + 2  # 325 frontend frames -> ceil(325 / 4) encoder frames
+
+    for decoder, ref_tokens in (("rnnt_greedy", ref_rnnt.tokens), ("ctc_greedy", ref_ctc)):
+        rec = load_onnx_recognizer(onnx_dir, decoder=decoder, keep_encoder_output=True, threads=1)
+        for i in range(0, len(x), 1234):  # pieces that straddle chunk boundaries
+            rec.accept_waveform(x[i : i + 1234])
+        result = rec.finalize()
+        enc = rec.encoder_output()  # (T', D)
+        assert enc.shape == ref[0].shape
+        assert float((enc - ref[0]).abs().max()) < TOL
+        assert result.tokens == ref_tokens
+    assert len(ref_rnnt.tokens) > 0
+
+
+def test_state_names_round_trip(model, backend, onnx_dir):
+    names = state_names(model)
+    sess = ort.InferenceSession(str(onnx_dir / "encoder_step.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["audio", *names]
+    assert [o.name for o in sess.get_outputs()] == ["encoder_out", "ctc_log_probs", *[f"new_{n}" for n in names]]
+    assert "state.encoder.blocks.0.mixer.k" in names and "state.frontend.samples" in names
+    # flatten -> unflatten rebuilds the typed state, tensor for tensor
+    template = stream_state(model, 3)
+    flat = st.flatten(template, "state")
+    assert list(flat) == names
+    rebuilt = st.unflatten(template, {k: v + 1 for k, v in flat.items()}, "state")
+    assert type(rebuilt["encoder"]) is type(template["encoder"])
+    for k, v in st.flatten(rebuilt, "state").items():
+        assert torch.equal(v, flat[k] + 1)
+    # the backend's zero state has the PyTorch state's shapes and dtypes
+    zeros = backend.init_state(3)
+    assert list(zeros) == names
+    for k in names:
+        assert zeros[k].shape == flat[k].shape and zeros[k].dtype == flat[k].dtype
+        assert not zeros[k].any()
+
+
+@pytest.mark.parametrize("flush_frames", [16, 15, 9, 5, 4, 3, 1])
+def test_step_batch2_any_length(model, backend, flush_frames):
+    """Batch 2 (dynamic batch), one full chunk then a step of ``flush_frames`` hops (unpadded
+    flush): the ONNX outputs and every new state equal PyTorch's step."""
+    g = torch.Generator().manual_seed(flush_frames)
+    state = {"frontend": model.frontend.init_state(0.1 * torch.randn(2, 240, generator=g)),
+             "encoder": model.encoder.init_state(2)}
+    onnx_state = st.flatten(state, "state")
+    with torch.no_grad():
+        for n in (model.chunk_samples, flush_frames * 160):
+            a = 0.1 * torch.randn(2, n, generator=g)
+            feats, fe = model.frontend.step(a, state["frontend"])
+            enc, es = model.encoder.step(feats, state["encoder"])
+            ctc = model.ctc_head(enc)
+            state = {"frontend": fe, "encoder": es}
+            onnx_enc, onnx_state = backend.step(onnx_state, [0, 1], a.numpy())
+            assert onnx_enc.shape == enc.shape == (2, -(-n // 640), 48)
+            assert float((onnx_enc - enc).abs().max()) < TOL
+            assert float((backend.ctc_log_probs(onnx_enc) - ctc).abs().max()) < TOL
+            for k, v in st.flatten(state, "state").items():
+                assert onnx_state[k].dtype == v.dtype
+                assert float((onnx_state[k].double() - v.double()).abs().max()) < TOL, k
+
+
+def test_short_ssd_chunk_is_exact_on_the_flush(tmp_path):
+    """A Mamba2 SSD chunk (2 frames) shorter than the attention chunk (4): the export raises it,
+    so the traced graph stays exact for every flush length (1..3 encoder frames)."""
+    torch.manual_seed(1)
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["model.encoder.mamba2.chunk_size=2"])
+    cfg.model.vocab_size = 16
+    m = build_model(cfg.model).eval()
+    be = OnnxStreamingBackend(export_onnx(m, tmp_path), threads=1)
+    assert m.encoder.blocks[2].mixer.cfg.chunk_size == 2  # the caller's model is untouched
+    g = torch.Generator().manual_seed(0)
+    for frames in (1, 5, 9, 13):
+        state = {"frontend": m.frontend.init_state(1), "encoder": m.encoder.init_state(1)}
+        onnx_state = st.flatten(state, "state")
+        with torch.no_grad():
+            for n in (m.chunk_samples, frames * 160):
+                a = 0.1 * torch.randn(1, n, generator=g)
+                feats, fe = m.frontend.step(a, state["frontend"])
+                enc, es = m.encoder.step(feats, state["encoder"])
+                state = {"frontend": fe, "encoder": es}
+                onnx_enc, onnx_state = be.step(onnx_state, [0], a.numpy())
+                assert onnx_enc.shape == enc.shape
+                assert float((onnx_enc - enc).abs().max()) < TOL
+
+
+def test_two_streams_of_different_lengths(model, onnx_dir):
+    """Batched streams (select/scatter on the ONNX state) == each utterance's full forward."""
+    rng = np.random.default_rng(1)
+    xs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (9000, 5555)]
+    rec = load_onnx_recognizer(onnx_dir, num_streams=2, keep_encoder_output=True, threads=1)
+    for i in range(0, 9000, 700):
+        rec.accept_waveforms([x[i : i + 700] if i < len(x) else None for x in xs])
+    rec.finalize_all()
+    for s, x in enumerate(xs):
+        with torch.no_grad():
+            ref, _ = model(torch.from_numpy(x)[None], torch.tensor([len(x)]))
+        enc = rec.encoder_output(s)
+        assert enc.shape == ref[0].shape
+        assert float((enc - ref[0]).abs().max()) < TOL
+
+
+def test_prediction_and_joint(model, backend):
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.tensor([16, 3, 0])  # blank (start symbol) and two tokens
+    h, c = torch.randn(3, 1, 48, generator=g), torch.randn(3, 1, 48, generator=g)
+    with torch.no_grad():
+        out, new = model.prediction.step(tokens, PredictionState(h, c))
+        o_out, o_new = backend.prediction.step(tokens, PredictionState(h, c))
+        for a, b in ((o_out, out), (o_new.h, new.h), (o_new.c, new.c)):
+            assert a.shape == b.shape and float((a - b).abs().max()) < TOL
+        enc = torch.randn(3, 48, generator=g)
+        j = backend.joint
+        ref = model.joint.combine(model.joint.project_encoder(enc), model.joint.project_prediction(out))
+        got = j.combine(j.project_encoder(enc), j.project_prediction(o_out))
+        assert got.shape == (3, 17) and float((got - ref).abs().max()) < TOL
+        # one encoder frame against a beam of predictions broadcasts, as in the beam decoder
+        got1 = j.combine(j.project_encoder(enc[:1]), j.project_prediction(o_out))
+        ref1 = model.joint.combine(model.joint.project_encoder(enc[:1]), model.joint.project_prediction(out))
+        assert float((got1 - ref1).abs().max()) < TOL
+
+
+def test_metadata_rebuilds_config(model, onnx_dir):
+    for name in ("encoder_step.onnx", "predictor_step.onnx", "joint.onnx"):
+        cfg, info = read_metadata(onnx_dir / name)
+        assert cfg == model.cfg
+        assert dataclasses.asdict(cfg) == dataclasses.asdict(model.cfg)
+        assert info["hop"] == 160 and info["context"] == 240 and info["chunk_samples"] == 2560
+        assert info["blank"] == 16 and info["state_names"] == state_names(model)
+    saved = json.loads((onnx_dir / "config.json").read_text())["model"]
+    assert model_config_from_dict(saved) == model.cfg
+    assert (onnx_dir / "tokenizer.model").read_bytes() == (TOKENIZER / "tokenizer.model").read_bytes()
+    rebuilt = build_model(cfg)  # a file alone rebuilds the model's shape
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_cli_export_verify_and_no_overwrite(model, tmp_path, capsys):
+    weights = export_weights(model, tmp_path / "model", TOKENIZER)
+    out = tmp_path / "onnx"
+    assert main(["--checkpoint", str(weights), "--out", str(out), "--verify"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["full_chunks"] >= 20
+    assert report["max_abs_diff"] <= TOL and report["tokens_equal"] and report["text_equal"]
+    assert report["ok"] is True and report["num_tokens"] > 0
+    before = (out / "joint.onnx").stat().st_mtime_ns
+    assert main(["--checkpoint", str(weights), "--out", str(out)]) == 1  # refuses to overwrite
+    assert "--force" in capsys.readouterr().err
+    assert (out / "joint.onnx").stat().st_mtime_ns == before
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="asrlib export"):
+        OnnxStreamingBackend(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="encoder_step.onnx"):
+        OnnxStreamingBackend(tmp_path)
