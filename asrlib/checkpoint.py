@@ -85,7 +85,7 @@ def rotate(folder: str | Path, keep_last: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def export_weights(model: HybridASR, out_dir: str | Path, tokenizer_path: str | Path | None) -> Path:
+def export_weights(model: HybridASR, out_dir: str | Path, tokenizer_path: str | Path | None = None) -> Path:
     """Write an inference folder: model.safetensors + config.json (+ tokenizer.model)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
