@@ -166,7 +166,10 @@ class Trainer:
     # ------------------------------------------------------------------ train_step
     def micro_batches(self):
         """Endless stream of batches, epoch after epoch, resuming mid-epoch where saved."""
-        loader_args = dict(collate_fn=self.train_set.collate, num_workers=self.cfg.train_dataset.num_workers)
+        # A private generator: creating a DataLoader iterator draws a seed from it, and drawing
+        # from the global RNG would make a resumed run's dropout differ from an uninterrupted one.
+        loader_args = dict(collate_fn=self.train_set.collate, num_workers=self.cfg.train_dataset.num_workers,
+                           generator=torch.Generator().manual_seed(self.cfg.trainer.seed))
         while True:
             p = self.progress
             self.sampler.load_state_dict(self.sampler.state_dict(p.epoch, p.batches_in_epoch))
@@ -318,7 +321,8 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
     vd = cfg.validation_dataset
     sampler = BucketBatchSampler([e.duration for e in dataset.entries], vd.batch_seconds, vd.max_batch_size,
                                  1, 0, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
+                                         generator=torch.Generator())  # leaves the global RNG alone
     loss_module = HybridLoss(model, cfg)
     ctc_dec = CTCGreedyDecoder(CTCGreedyOptions(blank=model.blank))
     rnnt_dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=model.blank))

@@ -1,0 +1,321 @@
+"""The trainer, end to end at the tiny preset on CPU.
+
+- overfitting one batch drives both losses (RNN-T and CTC) down by >= 10x;
+- resume is exact: N steps straight == N/2 steps, a new process-like Trainer resuming from the
+  checkpoint, N/2 more (model, optimiser, scheduler, RNG bit-equal; dropout, SpecAugment and
+  speed perturbation all on, crossing an epoch boundary);
+- a non-finite loss skips the update and is counted;
+- DDP with torchrun (2 CPU processes, gloo) == one process on the same global batch;
+- ClearML is never imported unless asked for, and asking without it installed names the extra;
+- ``asrlib train`` through the CLI writes a checkpoint and metrics.jsonl; unknown keys are errors.
+
+Utterances come from data_samples/digits (real speech), copied into tmp_path manifests with
+absolute audio paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asrlib import cli
+from asrlib import checkpoint as ckpt
+from asrlib.config import ConfigError, LoggerConfig, load_config
+from asrlib.logger import MissingExtraError, RunLogger, read_metrics
+from asrlib.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "data_samples" / "digits"
+TINY = ROOT / "configs" / "tiny.toml"
+
+# Lines of digits/train.jsonl (0-based). Short utterances keep every step cheap.
+SHORT = [0, 9, 11]  # "three" (3 tokens), "three six" (5), "eight" (4)
+EQUAL_TOKENS = [0, 15]  # "three", "nine": 3 tokens each, 0.61 s and 0.79 s
+RESUME_SET = [0, 6, 9, 11, 13, 15]  # six utterances of 0.6-1.1 s
+
+
+def make_manifest(folder: Path, lines: list[int], name: str = "train.jsonl") -> Path:
+    rows = (DIGITS / "train.jsonl").read_text().splitlines()
+    out = []
+    for i in lines:
+        r = json.loads(rows[i])
+        r["audio_filepath"] = str(DIGITS / r["audio_filepath"])
+        out.append(json.dumps(r))
+    path = folder / name
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def tiny_config(out: Path, train: Path, *extra: str, valid: Path | None = None):
+    """The tiny preset with test-sized data, quiet logging, and ``extra`` overrides."""
+    over = [
+        f"trainer.output_dir={out}",
+        f"train_dataset.train_manifest={train}",
+        f"validation_dataset.validation_manifest={valid}" if valid else "validation_dataset.validation_manifest=[]",
+        "trainer.progress_bar=false",
+        "logger.log_to_tensorboard=false",
+        *extra,
+    ]
+    return load_config(TINY, over)
+
+
+def assert_same_tree(a, b, where: str = "") -> None:
+    """Recursive bit-exact comparison of nested dicts/lists/tensors."""
+    if isinstance(a, torch.Tensor):
+        if not (isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)):
+            raise AssertionError(f"tensor differs at {where}")
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"lengths differ at {where}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def test_overfits_one_batch(tmp_path):
+    train = make_manifest(tmp_path, SHORT)
+    cfg = tiny_config(tmp_path / "run", train, "spec_augment.freq_masks=0", "spec_augment.time_masks=0",
+                      "optim.schedule=constant", "optim.warmup_steps=0", "optim.lr=3e-3",
+                      "train_dataset.num_buckets=1", "train_dataset.batch_seconds=100.0")
+    tr = Trainer(cfg)
+    tr.setup()
+    batch = next(tr.micro_batches())
+    assert len(batch) == 3  # the whole set in one batch
+    first = tr.train_step([batch])
+    assert first["rnnt"] > 5 and first["ctc"] > 5  # per-token losses of an untrained model
+    for _ in range(100):
+        v = tr.train_step([batch])
+        if first["rnnt"] / v["rnnt"] >= 10 and first["ctc"] / v["ctc"] >= 10:
+            break
+    assert first["rnnt"] / v["rnnt"] >= 10, (first, v)
+    assert first["ctc"] / v["ctc"] >= 10, (first, v)
+    assert tr.progress.step <= 101 and tr.progress.skipped_nonfinite == 0
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _resume_config(out: Path, train: Path, valid: Path, *extra: str):
+    return tiny_config(out, train, "model.encoder.dropout=0.1", "model.prediction.dropout=0.1",
+                       "train_dataset.speed_perturb=[0.9, 1.0, 1.1]", "train_dataset.batch_seconds=2.5",
+                       "train_dataset.max_batch_size=2", "train_dataset.num_buckets=2",
+                       "trainer.max_steps=6", "trainer.eval_every=3", "optim.warmup_steps=2", *extra, valid=valid)
+
+
+def _full_state(tr: Trainer) -> dict:
+    return {"model": tr.model.state_dict(), "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
+            "rng": torch.get_rng_state(), "progress": dict(tr.progress.__dict__)}
+
+
+def test_resume_is_bit_exact(tmp_path):
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    N = 6
+
+    straight = Trainer(_resume_config(tmp_path / "a", train, valid))
+    straight.setup()
+    assert len(straight.sampler) < N  # the run crosses an epoch boundary
+    straight.fit()
+    assert straight.progress.step == N
+    expected = _full_state(straight)
+
+    first = Trainer(_resume_config(tmp_path / "b", train, valid))
+    first.setup()  # the scheduler is built for max_steps = N ...
+    first.cfg.trainer.max_steps = N // 2  # ... but this run stops half-way (a checkpoint at N/2)
+    first.fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "b" / "checkpoints")] == ["step-00000003.pt"]
+    torch.manual_seed(999)  # whatever happens in between must not matter
+    del first
+
+    resumed = Trainer(_resume_config(tmp_path / "b", train, valid, "trainer.resume=auto"))
+    resumed.setup()
+    assert resumed.progress.step == N // 2
+    resumed.fit()
+    got = _full_state(resumed)
+    assert_same_tree(expected["model"], got["model"], "model")
+    assert_same_tree(expected["opt"], got["opt"], "optimizer")
+    assert_same_tree(expected["sched"], got["sched"], "scheduler")
+    assert torch.equal(expected["rng"], got["rng"])
+    for k in ("step", "epoch", "batches_in_epoch", "audio_seconds", "skipped_nonfinite"):
+        assert expected["progress"][k] == got["progress"][k], k
+
+    resumed.model.train()  # dropout really draws random numbers in this configuration
+    b = next(resumed.micro_batches())
+    y = resumed.model(b.audio, b.audio_lengths)[0]
+    assert not torch.equal(y, resumed.model(b.audio, b.audio_lengths)[0])
+
+
+# --------------------------------------------------------------------------- non-finite
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path):
+    cfg = tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:2]))
+    tr = Trainer(cfg)
+    tr.setup()
+    batch = next(tr.micro_batches())
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    real_forward = tr.loss_module.forward
+
+    def nan_once(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        out["loss"] = out["loss"] * float("nan")  # keeps the graph: NaN gradients follow
+        return out
+
+    tr.loss_module.forward = nan_once
+    v = tr.train_step([batch])
+    assert v["skipped"] == 1.0 and tr.progress.skipped_nonfinite == 1
+    for k, p in tr.model.state_dict().items():
+        assert torch.equal(p, before[k]), f"{k} changed by a skipped step"
+    assert tr.sched.last_epoch == 0 and len(tr.opt.state) == 0  # no optimiser or schedule step
+    assert all(p.grad is None for p in tr.model.parameters())  # NaN gradients were cleared
+
+    # inf in the audio is caught the same way (loss or gradient non-finite)
+    bad = type(batch)(batch.audio.clone(), batch.audio_lengths, batch.tokens, batch.token_lengths,
+                      batch.texts, batch.indices)
+    bad.audio[0, 100] = float("inf")
+    del tr.loss_module.forward  # back to the real forward
+    tr.train_step([bad])
+    assert tr.progress.skipped_nonfinite == 2
+    assert all(torch.equal(p, before[k]) for k, p in tr.model.state_dict().items())
+
+    v = tr.train_step([batch])  # a finite step updates the parameters again
+    assert v["skipped"] == 0.0 and tr.progress.skipped_nonfinite == 2
+    changed = [k for k, p in tr.model.state_dict().items() if not torch.equal(p, before[k])]
+    assert len(changed) > 0.9 * len(before)
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    """Two gloo ranks with one utterance each == one process with both in one batch.
+
+    Both utterances have 3 target tokens, so the mean of the per-rank per-token means (what
+    DDP's gradient averaging computes) equals the per-token mean of the joint batch.
+    """
+    train = make_manifest(tmp_path, EQUAL_TOKENS)
+    common = ["spec_augment.freq_masks=0", "spec_augment.time_masks=0", "trainer.max_steps=3",
+              "trainer.eval_every=100", "trainer.num_threads=1", "train_dataset.num_buckets=1",
+              "train_dataset.batch_seconds=100.0", "optim.warmup_steps=0", "optim.schedule=constant",
+              "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
+              f"train_dataset.train_manifest={train}", "validation_dataset.validation_manifest=[]"]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "asrlib.train", "--config", str(TINY)]
+    for o in common + [f"trainer.output_dir={tmp_path / 'ddp'}", "train_dataset.max_batch_size=1"]:
+        args += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world size 2" in r.stderr
+
+    cfg = load_config(TINY, common + [f"trainer.output_dir={tmp_path / 'one'}", "train_dataset.max_batch_size=2"])
+    one = Trainer(cfg)
+    one.setup()
+    assert len(one.sampler) == 1 and len(one.sampler.plan()[0]) == 2  # both utterances in one batch
+    init = {k: v.clone() for k, v in one.model.state_dict().items()}
+    one.fit()
+
+    ddp_state = ckpt.load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step-00000003.pt")
+    assert ddp_state["progress"]["step"] == 3
+    worst = moved = 0.0
+    for k, p in one.model.state_dict().items():
+        worst = max(worst, float((ddp_state["model"][k] - p).abs().max()))
+        moved = max(moved, float((init[k] - p).abs().max()))
+    # Tolerance 5e-5 abs: the gradients agree to ~1e-6 (float32 round-off of a different
+    # summation order and padding), but AdamW divides each gradient by its running RMS, which
+    # turns round-off in near-zero gradient entries into up to ~1e-5 after 3 steps. A wrong
+    # shard or a missing all-reduce moves weights by O(lr) = 2e-3 per step.
+    assert worst <= 5e-5, f"DDP and single-process parameters differ by {worst:.2e}"
+    assert moved > 1e-3  # the runs really trained (3 AdamW steps of lr 2e-3 move weights by ~6e-3)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def test_clearml_not_imported_when_off(tmp_path):
+    train = make_manifest(tmp_path, SHORT[:1])
+    code = f"""
+import sys, torch
+from asrlib.config import load_config
+from asrlib.train import Trainer
+cfg = load_config({str(TINY)!r}, ["trainer.output_dir={tmp_path / 'run'}", "train_dataset.train_manifest={train}",
+                  "validation_dataset.validation_manifest=[]", "trainer.progress_bar=false",
+                  "trainer.max_steps=2", "trainer.eval_every=2", "trainer.log_every=1"])
+tr = Trainer(cfg)
+tr.setup()
+tr.fit()
+print("CLEARML" if "clearml" in sys.modules else "NO-CLEARML")
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "NO-CLEARML"
+    assert (tmp_path / "run" / "tensorboard").is_dir()  # the default logger did run
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if m["split"] == "train"] == [1, 2]
+
+
+def test_clearml_missing_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "clearml", None)  # import clearml -> ImportError
+    cfg = LoggerConfig(log_to_tensorboard=False, log_to_clearml=True)
+    with pytest.raises(MissingExtraError, match=r"pip install 'asrlib\[clearml\]'"):
+        RunLogger(cfg, tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_three_steps(tmp_path):
+    train = make_manifest(tmp_path, SHORT)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    out = tmp_path / "run"
+    sets = [f"trainer.output_dir={out}", f"train_dataset.train_manifest={train}",
+            f"validation_dataset.validation_manifest={valid}", "trainer.max_steps=3", "trainer.progress_bar=false",
+            "logger.log_to_tensorboard=false", "trainer.log_every=1"]
+    argv = ["train", "--config", str(TINY)]
+    for s in sets:
+        argv += ["--set", s]
+    assert cli.main(argv) == 0
+    found = ckpt.list_checkpoints(out / "checkpoints")
+    assert [p.name for p in found] == ["step-00000003.pt"]
+    state = torch.load(found[0], weights_only=True)  # plain data only
+    assert state["progress"]["step"] == 3 and state["config"]["trainer"]["max_steps"] == 3
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics if m["split"] == "train"] == [1, 2, 3]
+    valid_rows = [m for m in metrics if m["split"] == "valid"]
+    assert len(valid_rows) == 1 and valid_rows[0]["step"] == 3
+    assert math.isfinite(valid_rows[0]["valid/loss"]) and 0 <= valid_rows[0]["valid/wer_rnnt"]
+
+
+def test_cli_unknown_key_names_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer\.no_such_key"):
+        cli.main(["train", "--config", str(TINY), "--set", "trainer.no_such_key=1",
+                  "--set", f"trainer.output_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
