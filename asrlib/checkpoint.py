@@ -91,13 +91,18 @@ def export_weights(model: HybridASR, out_dir: str | Path, tokenizer_path: str | 
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "asrlib"})
+    write_config_and_tokenizer(model, out, tokenizer_path)
+    return out
+
+
+def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer_path: str | Path | None) -> None:
+    """``config.json`` (the ModelConfig) and a copy of ``tokenizer.model`` beside a model's files."""
     (out / "config.json").write_text(json.dumps({"model": to_dict(model.cfg)}, indent=2) + "\n")
     if tokenizer_path:
         src = Path(tokenizer_path)
         src = src / "tokenizer.model" if src.is_dir() else src
         if src.resolve() != (out / "tokenizer.model").resolve():
             shutil.copyfile(src, out / "tokenizer.model")
-    return out
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HybridASR, Path | None]:

@@ -42,7 +42,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import shutil
 import sys
 import time
 import warnings
@@ -53,6 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.onnx import symbolic_helper
 
+from asrlib.checkpoint import write_config_and_tokenizer
 from asrlib.config import to_dict
 from asrlib.model import state as st
 from asrlib.model.heads import PredictionState
@@ -212,12 +212,7 @@ def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer_path: str | Pat
     _export_one(JointStep(m), (enc, pred), out / FILES[2], ["enc", "pred"], ["logits"],
                 {n: batch for n in ("enc", "pred", "logits")}, meta)
 
-    (out / "config.json").write_text(json.dumps({"model": to_dict(model.cfg)}, indent=2) + "\n")
-    if tokenizer_path:
-        src = Path(tokenizer_path)
-        src = src / "tokenizer.model" if src.is_dir() else src
-        if src.resolve() != (out / "tokenizer.model").resolve():
-            shutil.copyfile(src, out / "tokenizer.model")
+    write_config_and_tokenizer(model, out, tokenizer_path)
     return out
 
 

@@ -37,3 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"asrlib.data.importers.{argv[0]}")
     return int(module.main(argv[1:]) or 0)
+
+
+def run_importer(name: str, prepare, *args) -> int:
+    """Call ``prepare(*args) -> (manifest, counts)`` and print a one-line summary (exit status)."""
+    from asrlib.data.manifest import ManifestError
+
+    try:
+        manifest, counts = prepare(*args)
+    except ManifestError as e:
+        print(f"asrlib prepare {name}: {e}", file=sys.stderr)
+        return 1
+    skipped = {k: v for k, v in counts.items() if k != "written"}
+    print(f"wrote {manifest}: {counts['written']} utterances" + (f"; skipped {skipped}" if skipped else ""))
+    return 0

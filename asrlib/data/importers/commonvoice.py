@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from collections import Counter
 from pathlib import Path
 
 from asrlib.audio import AudioError, measure_duration
+from asrlib.data.importers import run_importer
 from asrlib.data.manifest import ManifestError, write_manifest
 
 SPLITS = ("validated", "train", "dev", "test")
@@ -74,11 +74,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the manifest")
     parser.add_argument("--force", action="store_true", help="replace an existing manifest")
     args = parser.parse_args(argv)
-    try:
-        manifest, counts = prepare_commonvoice(args.cv_dir, args.split, args.out, args.force)
-    except ManifestError as e:
-        print(f"asrlib prepare commonvoice: {e}", file=sys.stderr)
-        return 1
-    skipped = {k: v for k, v in counts.items() if k != "written"}
-    print(f"wrote {manifest}: {counts['written']} utterances" + (f"; skipped {skipped}" if skipped else ""))
-    return 0
+    return run_importer("commonvoice", prepare_commonvoice, args.cv_dir, args.split, args.out, args.force)

@@ -17,11 +17,11 @@ Shapes: none.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
 from asrlib.audio import AudioError, audio_info
+from asrlib.data.importers import run_importer
 from asrlib.data.manifest import ManifestError, write_manifest
 
 
@@ -65,11 +65,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="manifest name without .jsonl (default: the split folder's name)")
     parser.add_argument("--force", action="store_true", help="replace an existing manifest")
     args = parser.parse_args(argv)
-    try:
-        manifest, counts = prepare_librispeech(args.split_dir, args.out, args.name, args.force)
-    except ManifestError as e:
-        print(f"asrlib prepare librispeech: {e}", file=sys.stderr)
-        return 1
-    skipped = {k: v for k, v in counts.items() if k != "written"}
-    print(f"wrote {manifest}: {counts['written']} utterances" + (f"; skipped {skipped}" if skipped else ""))
-    return 0
+    return run_importer("librispeech", prepare_librispeech, args.split_dir, args.out, args.name, args.force)
