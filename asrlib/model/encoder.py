@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from asrlib.config import EncoderConfig, FrontendConfig, SubsamplingConfig
 from asrlib.model.block import BlockCache, ConformerBlock
+from asrlib.model.norm import RMSNorm
 from asrlib.model.subsampling import CausalSubsampling, SubsamplingCache
 
 
@@ -53,6 +54,7 @@ class Encoder(nn.Module):
         self.chunk_size = cfg.chunk_frames // sub.factor  # encoder frames per attention chunk
         self.subsampling = CausalSubsampling(frontend.n_mels, cfg.d_model, sub)
         self.blocks = nn.ModuleList(ConformerBlock(cfg, kind, self.chunk_size) for kind in mixer_kinds(cfg))
+        self.norm = RMSNorm(cfg.d_model)  # the blocks are pre-norm: one norm on the way out
         self.d_model = cfg.d_model
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
@@ -64,7 +66,7 @@ class Encoder(nn.Module):
             return x, lengths
         for block in self.blocks:
             x = block(x, lengths)
-        return x, lengths
+        return self.norm(x), lengths
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> EncoderState:
         return EncoderState(
@@ -80,4 +82,4 @@ class Encoder(nn.Module):
         for block, block_state in zip(self.blocks, state.blocks):
             x, block_state = block.step(x, block_state)
             new_blocks.append(block_state)
-        return x, EncoderState(subsampling=sub_state, blocks=new_blocks)
+        return self.norm(x), EncoderState(subsampling=sub_state, blocks=new_blocks)

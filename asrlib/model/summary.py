@@ -22,6 +22,7 @@ def summary_rows(model: HybridASR) -> list[tuple[str, str, int]]:
             ("encoder.subsampling", f"causal conv x{model.encoder.factor}", count_parameters(model.encoder.subsampling))]
     for i, block in enumerate(model.encoder.blocks):
         rows.append((f"encoder.blocks.{i}", f"conformer/{block.kind}", count_parameters(block)))
+    rows.append(("encoder.norm", "RMSNorm", count_parameters(model.encoder.norm)))
     for name in ("ctc_head", "prediction", "joint"):
         rows.append((name, type(getattr(model, name)).__name__, count_parameters(getattr(model, name))))
     return rows

@@ -42,7 +42,7 @@ def expected_parameters(m: ModelConfig) -> dict[str, int]:
 
     hidden = max(8, (round(enc.ffn_mult * d * 2 / 3) + 7) // 8 * 8)
     ffn = 3 * d * hidden  # SwiGLU gate/up/down, no biases
-    norms = 5 * d  # RMSNorm weights: ffn1, mixer, conv, ffn2, out
+    norms = 4 * d  # RMSNorm weights: ffn1, mixer, conv, ffn2 (pre-norm block)
     k = enc.conv.kernel_size
     conv_norm = 2 * d if enc.conv.norm == "layernorm" else d
     conv = (d * 2 * d + 2 * d) + (d * k + d) + conv_norm + (d * d + d)  # pw_in, depthwise, norm, pw_out
@@ -62,6 +62,7 @@ def expected_parameters(m: ModelConfig) -> dict[str, int]:
     for i in range(enc.n_blocks):
         is_mamba = enc.mamba_period > 0 and (i + 1) % enc.mamba_period == 0
         out[f"block{i}"] = common + (mamba if is_mamba else gqa)
+    out["encoder.norm"] = d  # the one RMSNorm after the last block
 
     pc, jc = m.prediction, m.joint
     out["ctc_head"] = d * V1 + V1
@@ -106,9 +107,9 @@ def test_summary_command_counts_every_parameter(capsys):
     # every row against the formula, in order
     want = expected_parameters(cfg.model)
     assert [r[0] for r in rows] == ["frontend", "encoder.subsampling"] + [
-        f"encoder.blocks.{i}" for i in range(cfg.model.encoder.n_blocks)] + ["ctc_head", "prediction", "joint"]
+        f"encoder.blocks.{i}" for i in range(cfg.model.encoder.n_blocks)] + ["encoder.norm", "ctc_head", "prediction", "joint"]
     assert [n for _, _, n in rows] == list(want.values())
-    assert [r[1] for r in rows[2:-3]] == [f"conformer/{k}" for k in mixer_kinds(cfg.model.encoder)]
+    assert [r[1] for r in rows[2:-4]] == [f"conformer/{k}" for k in mixer_kinds(cfg.model.encoder)]
     assert per_kind["conformer/gqa"] == want["block0"] + want["block1"]
     assert per_kind["conformer/mamba2"] == want["block2"]
 
