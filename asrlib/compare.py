@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--piece-samples", type=int, default=1600, help="samples per accept_waveform call; 0 = whole file")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs encoder difference counted as equal")
     p.add_argument("--json", default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
+                   " usually fastest)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from asrlib.audio import load_audio
     from asrlib.checkpoint import load_model

@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder/model (default: the checkpoint's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
+                   " usually fastest)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     model, tok_path = load_model(args.checkpoint, args.device)
     tokenizer = Tokenizer(args.tokenizer or tok_path)
     reports = []

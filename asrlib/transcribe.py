@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from asrlib.audio import load_audio
 
@@ -49,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="rnnt_greedy | ctc_greedy (| ctc_beam | rnnt_beam offline)")
     p.add_argument("--piece-ms", type=float, default=160.0, help="audio fed per call when streaming")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
+                   " usually fastest)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     if args.onnx:
         from asrlib.onnx_runtime import load_onnx_recognizer

@@ -13,6 +13,10 @@ import torch
 
 TINY_TEXTS = ["one two", "three", "four five six", "seven", "eight nine", "zero one"]
 
+# The tests run tiny tensors: one thread is fastest, and two threads collapse (10x and more)
+# when anything else shares this 2-core machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def seeded() -> np.random.Generator:
