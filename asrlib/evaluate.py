@@ -23,11 +23,13 @@ import torch
 
 from asrlib.audio import load_audio
 from asrlib.checkpoint import load_model
+from asrlib.config import Config
+from asrlib.data.dataset import AudioDataset, BucketBatchSampler
 from asrlib.data.manifest import read_manifest
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
-from asrlib.metrics import error_report
+from asrlib.metrics import error_report, wer
 from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import StreamingRecognizer
 from asrlib.tokenizer import Tokenizer
@@ -94,6 +96,41 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
     out.update(rtf=compute_seconds / max(audio_seconds, 1e-9), decoder=decoder, stream=stream,
                manifest=str(manifest), audio_seconds=audio_seconds, skipped_lines=report.total_dropped)
     return out
+
+
+@torch.no_grad()
+def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokenizer, device, cfg: Config) -> dict:
+    """Losses and greedy WER (CTC and RNN-T) of ``model`` on ``dataset``."""
+    vd = cfg.validation_dataset
+    sampler = BucketBatchSampler([e.duration for e in dataset.entries], vd.batch_seconds, vd.max_batch_size,
+                                 1, 0, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
+                                         generator=torch.Generator())  # leaves the global RNG alone
+    from asrlib.losses.hybrid import HybridLoss
+
+    loss_module = HybridLoss(model, cfg)
+    ctc_dec = CTCGreedyDecoder(CTCGreedyOptions(blank=model.blank))
+    rnnt_dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=model.blank))
+    refs, ctc_hyps, rnnt_hyps = [], [], []
+    sums = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0}
+    n = 0
+    for batch in loader:
+        if len(batch) == 0:
+            continue
+        args = [t.to(device) for t in (batch.audio, batch.audio_lengths, batch.tokens, batch.token_lengths)]
+        out = loss_module(*args)
+        for k in sums:
+            sums[k] += float(out[k]) * len(batch.texts)
+        n += len(batch.texts)
+        enc, enc_lengths = model(args[0], args[1])
+        ctc_hyps += [r.text for r in ctc_dec.decode(model.ctc_head(enc), enc_lengths, tokenizer.decode)]
+        rnnt_hyps += [r.text for r in rnnt_dec.decode(model.prediction, model.joint, enc, enc_lengths,
+                                                       tokenizer.decode)]
+        refs += batch.texts
+    result = {k: v / max(n, 1) for k, v in sums.items()}
+    result.update(wer_ctc=wer(refs, ctc_hyps), wer_rnnt=wer(refs, rnnt_hyps), num_utterances=float(n))
+    result["examples"] = list(zip(refs, rnnt_hyps))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

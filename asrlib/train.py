@@ -24,54 +24,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, load_config, to_dict
-from asrlib.data.augment import spec_augment, speed_perturb
+from asrlib.data.augment import speed_perturb
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler
 from asrlib.data.manifest import read_manifest
-from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
-from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
+from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
-from asrlib.losses.ctc import ctc_loss
-from asrlib.losses.rnnt import rnnt_loss_any
-from asrlib.metrics import wer
-from asrlib.model.hybrid import HybridASR, build_model, count_parameters
+from asrlib.losses.hybrid import HybridLoss
+from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
 from asrlib.tokenizer import Tokenizer
-
-
-class HybridLoss(nn.Module):
-    """Model + both losses in one forward, so DistributedDataParallel sees one call per step.
-
-    forward(audio (B, S), audio_lengths, tokens (B, U), token_lengths, generator | None)
-        -> dict of scalar tensors: loss, rnnt, ctc, and counts of infeasible utterances.
-    """
-
-    def __init__(self, model: HybridASR, cfg: Config):
-        super().__init__()
-        self.model, self.cfg = model, cfg
-
-    def forward(self, audio, audio_lengths, tokens, token_lengths, generator: torch.Generator | None = None):
-        m, lc = self.model, self.cfg.loss
-        feats, feat_lengths = m.features(audio, audio_lengths)
-        if generator is not None:  # SpecAugment: training only
-            feats = spec_augment(feats, feat_lengths, self.cfg.spec_augment, generator)
-        enc, enc_lengths = m.encode(feats, feat_lengths)
-        ctc, ctc_bad = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
-                                zero_infinity=lc.zero_infinity)
-        pred = m.prediction(tokens)
-        rnnt, rnnt_bad = rnnt_loss_any(m.joint, enc, pred, tokens, enc_lengths, token_lengths, blank=m.blank,
-                                       t_chunk=lc.fused_t_chunk, zero_infinity=lc.zero_infinity,
-                                       backend=lc.rnnt_backend)
-        w = lc.ctc_weight
-        return {"loss": (1 - w) * rnnt + w * ctc, "rnnt": rnnt.detach(), "ctc": ctc.detach(),
-                "infeasible": torch.tensor(float(int(rnnt_bad) + int(ctc_bad)))}
 
 
 @dataclass
@@ -313,39 +280,6 @@ class Trainer:
     def log_line(self, text: str) -> None:
         if self.rank == 0:
             print(text, file=sys.stderr, flush=True)
-
-
-@torch.no_grad()
-def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokenizer, device, cfg: Config) -> dict:
-    """Losses and greedy WER (CTC and RNN-T) of ``model`` on ``dataset``."""
-    vd = cfg.validation_dataset
-    sampler = BucketBatchSampler([e.duration for e in dataset.entries], vd.batch_seconds, vd.max_batch_size,
-                                 1, 0, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
-                                         generator=torch.Generator())  # leaves the global RNG alone
-    loss_module = HybridLoss(model, cfg)
-    ctc_dec = CTCGreedyDecoder(CTCGreedyOptions(blank=model.blank))
-    rnnt_dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=model.blank))
-    refs, ctc_hyps, rnnt_hyps = [], [], []
-    sums = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0}
-    n = 0
-    for batch in loader:
-        if len(batch) == 0:
-            continue
-        args = [t.to(device) for t in (batch.audio, batch.audio_lengths, batch.tokens, batch.token_lengths)]
-        out = loss_module(*args)
-        for k in sums:
-            sums[k] += float(out[k]) * len(batch.texts)
-        n += len(batch.texts)
-        enc, enc_lengths = model(args[0], args[1])
-        ctc_hyps += [r.text for r in ctc_dec.decode(model.ctc_head(enc), enc_lengths, tokenizer.decode)]
-        rnnt_hyps += [r.text for r in rnnt_dec.decode(model.prediction, model.joint, enc, enc_lengths,
-                                                       tokenizer.decode)]
-        refs += batch.texts
-    result = {k: v / max(n, 1) for k, v in sums.items()}
-    result.update(wer_ctc=wer(refs, ctc_hyps), wer_rnnt=wer(refs, rnnt_hyps), num_utterances=float(n))
-    result["examples"] = list(zip(refs, rnnt_hyps))
-    return result
 
 
 def _primary_wer(metrics: dict[str, float]) -> float:

@@ -1,4 +1,5 @@
-"""The hybrid objective: loss = (1 - w) * rnnt + w * ctc, and its parts for logging.
+"""The hybrid objective: loss = (1 - w) * rnnt + w * ctc, its parts for logging, and
+``HybridLoss``: the model and both losses in one module (what the trainer wraps in DDP).
 
 Both parts should use the same reduction (e.g. "mean_tokens") so that w means what it says.
 
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+from asrlib.data.augment import spec_augment
+from asrlib.losses.ctc import ctc_loss
+from asrlib.losses.rnnt import rnnt_loss_any
 
 
 def hybrid_loss(rnnt: Tensor, ctc: Tensor, ctc_weight: float) -> Tensor:
@@ -43,3 +49,30 @@ class LossParts:
             "infeasible_rnnt": float(self.n_infeasible_rnnt),
             "infeasible_ctc": float(self.n_infeasible_ctc),
         }
+
+
+class HybridLoss(nn.Module):
+    """Model + both losses in one forward, so DistributedDataParallel sees one call per step.
+
+    forward(audio (B, S), audio_lengths, tokens (B, U), token_lengths, generator | None)
+        -> dict of scalar tensors: loss, rnnt, ctc, and counts of infeasible utterances.
+    """
+
+    def __init__(self, model, cfg):
+        """``model`` is a HybridASR, ``cfg`` the run's Config (its [loss] and [spec_augment])."""
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, audio, audio_lengths, tokens, token_lengths, generator: torch.Generator | None = None):
+        m, lc = self.model, self.cfg.loss
+        feats, feat_lengths = m.features(audio, audio_lengths)
+        if generator is not None:  # SpecAugment: training only
+            feats = spec_augment(feats, feat_lengths, self.cfg.spec_augment, generator)
+        enc, enc_lengths = m.encode(feats, feat_lengths)
+        ctc = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
+                       zero_infinity=lc.zero_infinity)
+        rnnt = rnnt_loss_any(m.joint, enc, m.prediction(tokens), tokens, enc_lengths, token_lengths, blank=m.blank,
+                             t_chunk=lc.fused_t_chunk, zero_infinity=lc.zero_infinity, backend=lc.rnnt_backend)
+        parts = LossParts.combine(rnnt, ctc, lc.ctc_weight)
+        return {"loss": parts.total, "rnnt": parts.rnnt.detach(), "ctc": parts.ctc.detach(),
+                "infeasible": torch.tensor(float(parts.n_infeasible_rnnt + parts.n_infeasible_ctc))}
