@@ -18,12 +18,8 @@ from asrlib.model.mamba2 import Mamba2Mixer
 
 
 @pytest.fixture(autouse=True)
-def _setup():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _seed():
+    torch.manual_seed(0)  # (tests/conftest.py already runs torch on one thread)
 
 
 def tiny_encoder(*overrides: str) -> Encoder:
