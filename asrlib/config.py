@@ -129,6 +129,7 @@ class TrainDatasetConfig:
     num_workers: int = 0
     strict: bool = False  # True: a bad utterance is an error; False: skipped and counted
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
+    gain_db: list[float] = field(default_factory=list)  # [low, high]: random gain per utterance, e.g. [-20.0, 6.0]
 
 
 @dataclass
@@ -361,7 +362,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         _set_nested(over, keys, value)
     _resolve_paths(over, Path.cwd())
     _merge(data, over)
-    return from_dict(data, Config, source)
+    cfg = from_dict(data, Config, source)
+    _check_ranges(cfg, source)
+    return cfg
+
+
+def _check_ranges(cfg: "Config", source: str) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    gain = cfg.train_dataset.gain_db
+    if gain and (len(gain) != 2 or gain[0] > gain[1]):
+        raise ConfigError(f"{source}: train_dataset.gain_db: expected [low, high] in dB with low <= high, got {gain!r}")
+    if any(f <= 0 for f in cfg.train_dataset.speed_perturb):
+        raise ConfigError(f"{source}: train_dataset.speed_perturb: factors must be > 0, got {cfg.train_dataset.speed_perturb!r}")
 
 
 def _merge(base: dict, extra: dict) -> None:

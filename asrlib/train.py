@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, load_config, to_dict
-from asrlib.data.augment import speed_perturb
+from asrlib.data.augment import gain_perturb, speed_perturb
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler
 from asrlib.data.manifest import read_manifest
 from asrlib.evaluate import evaluate_dataset
@@ -150,14 +150,19 @@ class Trainer:
             self.progress.batches_in_epoch = 0
 
     def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
-        factors = self.cfg.train_dataset.speed_perturb
-        if not factors:
+        """Speed, then gain, per utterance, drawn from ``gen`` (see asrlib/data/augment.py)."""
+        factors, gain = self.cfg.train_dataset.speed_perturb, self.cfg.train_dataset.gain_db
+        if not factors and not gain:
             return batch
         sr = self.cfg.model.frontend.sample_rate
         waves = []
         for b in range(batch.audio.shape[0]):
-            f = factors[int(torch.randint(0, len(factors), (1,), generator=gen))]
-            waves.append(speed_perturb(batch.audio[b, : batch.audio_lengths[b]].numpy(), f, sr))
+            w = batch.audio[b, : batch.audio_lengths[b]].numpy()
+            if factors:
+                w = speed_perturb(w, factors[int(torch.randint(0, len(factors), (1,), generator=gen))], sr)
+            if gain:
+                w = gain_perturb(w, gain[0] + (gain[1] - gain[0]) * float(torch.rand((), generator=gen)))
+            waves.append(w)
         lengths = torch.tensor([len(w) for w in waves])
         audio = torch.zeros(len(waves), int(lengths.max()))
         for b, w in enumerate(waves):

@@ -120,7 +120,8 @@ def test_overfits_one_batch(tmp_path):
 
 def _resume_config(out: Path, train: Path, valid: Path, *extra: str):
     return tiny_config(out, train, "model.encoder.dropout=0.1", "model.prediction.dropout=0.1",
-                       "train_dataset.speed_perturb=[0.9, 1.0, 1.1]", "train_dataset.batch_seconds=2.5",
+                       "train_dataset.speed_perturb=[0.9, 1.0, 1.1]", "train_dataset.gain_db=[-20.0, 6.0]",
+                       "train_dataset.batch_seconds=2.5",
                        "train_dataset.max_batch_size=2", "train_dataset.num_buckets=2",
                        "trainer.max_steps=6", "trainer.eval_every=3", "optim.warmup_steps=2", *extra, valid=valid)
 
