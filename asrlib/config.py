@@ -36,6 +36,7 @@ class FrontendConfig:
     f_max: float = 0.0  # highest mel filter edge, Hz; 0 means sample_rate / 2
     trainable_mel: bool = True  # False freezes the mel projection at its mel-bank init
     log_eps: float = 1e-6  # log(mel + eps)
+    normalize: bool = False  # global per-bin mean/std normalisation, estimated from training audio
 
 
 @dataclass

@@ -36,6 +36,7 @@ from asrlib.data.manifest import read_manifest
 from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
 from asrlib.losses.hybrid import HybridLoss
+from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
 from asrlib.tokenizer import Tokenizer
@@ -79,7 +80,17 @@ class Trainer:
         elif cfg.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
                              f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces")
+        td, vd = cfg.train_dataset, cfg.validation_dataset
+        sr = cfg.model.frontend.sample_rate
+        entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
+                                         max_duration=td.max_duration, strict=td.strict)
+        self.log_line(f"train: {report.summary()}")
+        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict)
+        self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
+                                          td.num_buckets, cfg.trainer.seed, self.rank, self.world)
         self.model = build_model(cfg.model).to(self.device)
+        if cfg.model.frontend.normalize:
+            self.estimate_feature_stats()
         self.loss_module = HybridLoss(self.model, cfg)
         self.ddp = DistributedDataParallel(self.loss_module) if self.world > 1 else None
         if cfg.trainer.compile:
@@ -91,14 +102,6 @@ class Trainer:
             self.amp_dtype = None  # mixed precision is a GPU feature; CPU trains in float32
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-        td, vd = cfg.train_dataset, cfg.validation_dataset
-        sr = cfg.model.frontend.sample_rate
-        entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
-                                         max_duration=td.max_duration, strict=td.strict)
-        self.log_line(f"train: {report.summary()}")
-        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict)
-        self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
-                                          td.num_buckets, cfg.trainer.seed, self.rank, self.world)
         self.val_sets = []
         for path in cfg.validation_dataset.validation_manifest:
             ventries, vreport = read_manifest([path], max_duration=vd.max_duration, strict=False)
@@ -109,6 +112,19 @@ class Trainer:
         self.maybe_resume()
         n = count_parameters(self.model)
         self.log_line(f"model: {n / 1e6:.2f} M parameters; device {self.device}; world size {self.world}")
+
+    def estimate_feature_stats(self, max_utterances: int = 256) -> None:
+        """Per-bin log-mel mean/std from a seeded sample of training utterances (same on every rank).
+
+        A resumed run overwrites them with the saved buffers, which are the same numbers.
+        """
+        n = len(self.train_set)
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.trainer.seed))[:max_utterances]
+        items = (self.train_set[int(i)] for i in pick)
+        mean, std = feature_stats(self.model.frontend, (item[0] for item in items if item is not None))
+        self.model.frontend.set_normalization(mean, std)
+        self.log_line(f"feature normalisation from {min(n, max_utterances)} utterances: "
+                      f"mean {float(mean.mean()):.2f}, std {float(std.mean()):.2f} (averaged over bins)")
 
     def maybe_resume(self) -> None:
         path = self.cfg.trainer.resume

@@ -115,13 +115,32 @@ def test_overfits_one_batch(tmp_path):
     assert tr.progress.step <= 101 and tr.progress.skipped_nonfinite == 0
 
 
+def test_feature_normalisation_standardises_the_training_audio(tmp_path):
+    """With frontend.normalize the trainer installs stats that make every bin mean 0, std 1.
+
+    The reference is the definition: over all frames of the training utterances (all of them,
+    fewer than the 256 sampled), the normalised features have per-bin mean 0 and std 1.
+    """
+    train = make_manifest(tmp_path, RESUME_SET)
+    tr = Trainer(tiny_config(tmp_path / "run", train, "model.frontend.normalize=true"))
+    tr.setup()
+    fe = tr.model.frontend.eval()
+    with torch.no_grad():
+        feats = torch.cat([fe(tr.train_set[i][0][None], torch.tensor([len(tr.train_set[i][0])]))[0][0]
+                           for i in range(len(tr.train_set))]).double()
+    assert feats.shape[0] > 300
+    torch.testing.assert_close(feats.mean(0), torch.zeros(feats.shape[1], dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(feats.std(0, unbiased=False), torch.ones(feats.shape[1], dtype=torch.float64),
+                               atol=1e-4, rtol=0)
+
+
 # --------------------------------------------------------------------------- resume
 
 
 def _resume_config(out: Path, train: Path, valid: Path, *extra: str):
     return tiny_config(out, train, "model.encoder.dropout=0.1", "model.prediction.dropout=0.1",
                        "train_dataset.speed_perturb=[0.9, 1.0, 1.1]", "train_dataset.gain_db=[-20.0, 6.0]",
-                       "train_dataset.batch_seconds=2.5",
+                       "train_dataset.batch_seconds=2.5", "model.frontend.normalize=true",
                        "train_dataset.max_batch_size=2", "train_dataset.num_buckets=2",
                        "trainer.max_steps=6", "trainer.eval_every=3", "optim.warmup_steps=2", *extra, valid=valid)
 

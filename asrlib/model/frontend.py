@@ -19,7 +19,12 @@
   triangular mel bank (:func:`mel_filterbank`). With ``trainable_mel = False`` it stays frozen.
   Its output is clamped at 0 before the log, so a trained weight that goes negative cannot
   produce NaN.
-* No per-utterance normalisation: a mean over the utterance looks into the future.
+* No per-utterance normalisation: a mean over the utterance looks into the future. Instead,
+  with ``normalize = true``, each mel bin is standardised with one fixed mean and standard
+  deviation (buffers ``feat_mean``/``feat_std``, saved with the weights), which the trainer
+  estimates from training audio before the first step (:func:`feature_stats`). Fixed numbers
+  keep streaming exact; centring the inputs (log-mel values sit around -10) lets training
+  leave its first plateau sooner.
 
 Streaming: :class:`FrontendCache` keeps the last ``win - hop`` samples already received.
 ``step`` takes ``n * hop`` new samples and returns exactly the ``n`` frames that end inside
@@ -116,6 +121,9 @@ class Frontend(nn.Module):
         with torch.no_grad():
             self.mel.weight.copy_(mel_filterbank(n_freq, cfg.n_mels, sr, cfg.f_min, cfg.f_max))
         self.mel.weight.requires_grad_(cfg.trainable_mel)
+        if cfg.normalize:
+            self.register_buffer("feat_mean", torch.zeros(cfg.n_mels))
+            self.register_buffer("feat_std", torch.ones(cfg.n_mels))
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -152,14 +160,25 @@ class Frontend(nn.Module):
         """|STFT| of (B, S) audio with S >= win -> (B, F, T), float32 (for plots and tests)."""
         return self._magnitude64(audio).transpose(1, 2).float()  # (B, T, F) -> (B, F, T)
 
-    def _features(self, audio: Tensor) -> Tensor:
-        """(B, S) -> (B, T, M) log-mel, T = output_lengths(S)."""
+    def _features(self, audio: Tensor, normalize: bool = True) -> Tensor:
+        """(B, S) -> (B, T, M) log-mel, T = output_lengths(S); ``normalize=False`` skips the stats."""
         out_dtype = self.mel.weight.dtype
         if audio.shape[-1] < self._win:  # shorter than one window: no frames, not an error
             return audio.new_zeros(audio.shape[0], 0, self.cfg.n_mels, dtype=out_dtype)
         mag = self._magnitude64(audio)  # (B, T, F)
         mel = F_.linear(mag, self.mel.weight.to(torch.float64)).clamp(min=0.0)  # (B, T, M)
-        return torch.log(mel + self.cfg.log_eps).to(out_dtype)
+        logmel = torch.log(mel + self.cfg.log_eps)
+        if normalize and self.cfg.normalize:
+            logmel = (logmel - self.feat_mean.to(torch.float64)) / self.feat_std.to(torch.float64)
+        return logmel.to(out_dtype)
+
+    @torch.no_grad()
+    def set_normalization(self, mean: Tensor, std: Tensor) -> None:
+        """Install per-bin statistics (M,) of the un-normalised log-mel features."""
+        if not self.cfg.normalize:
+            raise ValueError("set_normalization: this frontend was built with normalize = false")
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std.clamp(min=1e-3))
 
     def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """audio (B, S) float, lengths (B,) samples -> feats (B, T, M), frame_lengths (B,).
@@ -204,3 +223,24 @@ class Frontend(nn.Module):
         feats = self._features(x)  # (B, n, M)
         ctx = self._win - self._hop
         return feats, FrontendCache(samples=x[:, x.shape[1] - ctx :])
+
+
+@torch.no_grad()
+def feature_stats(frontend: Frontend, waves) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation (M,) per mel bin of the raw log-mel frames of ``waves``.
+
+    ``waves`` yields 1-D float tensors; the statistics are over all their frames together
+    (long utterances weigh more), accumulated in float64, with ``normalize`` bypassed.
+    """
+    total, total_sq, count = 0.0, 0.0, 0
+    for w in waves:
+        audio = w.reshape(1, -1).to(frontend.dft_kernel.device)
+        feats = frontend._features(audio, normalize=False)[0].double()  # (T, M)
+        total = total + feats.sum(0)
+        total_sq = total_sq + (feats * feats).sum(0)
+        count += feats.shape[0]
+    if count == 0:
+        raise ValueError("feature_stats: no frames (every waveform is shorter than one window)")
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=0.0).sqrt()
+    return mean.float(), std.float()

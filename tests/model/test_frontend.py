@@ -184,3 +184,43 @@ def test_onnx_export_matches(fe, tmp_path):
         ref, ref_len = fe(xi, li)
         np.testing.assert_allclose(got, ref.detach().numpy(), atol=1e-4)
         assert got_len.tolist() == ref_len.tolist()
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def test_feature_stats_are_mean_and_std_over_all_frames():
+    from asrlib.model.frontend import feature_stats
+
+    fe = Frontend(FrontendConfig(n_mels=40, normalize=True)).eval()
+    waves = [torch.randn(n) * s for n, s in [(4000, 0.1), (2600, 1.0), (300, 1.0), (9000, 0.01)]]
+    mean, std = feature_stats(fe, waves)
+    frames = []  # reference: the log-mel formula from numpy's STFT, frames of all waves stacked
+    for w in waves:
+        if len(w) >= 400:
+            mag = np_stft_mag(w.double().numpy(), 400, 160)
+            frames.append(np.log(fe.mel.weight.detach().double().numpy() @ mag + 1e-6).T)
+    ref = np.concatenate(frames)
+    np.testing.assert_allclose(mean.numpy(), ref.mean(0), atol=1e-4)
+    np.testing.assert_allclose(std.numpy(), ref.std(0), atol=1e-4)
+
+
+def test_normalize_standardises_each_bin_and_streams_exactly():
+    torch.manual_seed(2)
+    raw = Frontend(FrontendConfig(n_mels=40)).eval()
+    fe = Frontend(FrontendConfig(n_mels=40, normalize=True)).eval()
+    fe.load_state_dict(raw.state_dict(), strict=False)
+    mean, std = torch.randn(40), torch.rand(40) + 0.5
+    fe.set_normalization(mean, std)
+    x = torch.randn(1, 400 - 160 + 24 * 160)
+    want = (raw(x, torch.tensor([x.shape[1]]))[0] - mean) / std
+    got = fe(x, torch.tensor([x.shape[1]]))[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    state, outs = fe.init_state(x[:, :240]), []
+    for pos in range(240, x.shape[1], 8 * 160):
+        y, state = fe.step(x[:, pos : pos + 8 * 160], state)
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), got, atol=1e-5, rtol=1e-5)
+    assert {"feat_mean", "feat_std"} <= set(fe.state_dict())  # saved with the weights
+    with pytest.raises(ValueError, match="normalize = false"):
+        raw.set_normalization(mean, std)
