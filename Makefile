@@ -8,6 +8,8 @@ STAMP   := $(VENV)/.asrlib-installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS  ?= notebooks,onnx,dev
 DEMO_OUT ?= runs/demo
+# make demo trains with this many one-thread processes (torchrun + DDP, gloo); 1 = plain python.
+DEMO_PROCS ?= 2
 
 .PHONY: setup demo test test-fast lab bench clean-venv
 
@@ -21,7 +23,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m asrlib.demo --config configs/demo.toml --out $(DEMO_OUT)
+	OMP_NUM_THREADS=1 $(BIN)/python -m torch.distributed.run --standalone --nproc_per_node $(DEMO_PROCS) \
+		-m asrlib.demo --config configs/demo.toml --out $(DEMO_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

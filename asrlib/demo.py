@@ -1,6 +1,12 @@
 """``make demo``: train on the bundled digits, evaluate both test splits, print a WER table.
 
     python -m asrlib.demo --config configs/demo.toml --out runs/demo
+    torchrun --standalone --nproc_per_node 2 -m asrlib.demo ...     (what `make demo` runs)
+
+Under torchrun every process trains its shard of each batch (DistributedDataParallel, gloo on
+a CPU); process 0 then evaluates and the others exit. On a 2-core machine two one-thread
+processes train about 1.5x faster than one process, and far more robustly than one process
+with two threads.
 
 Writes into ``--out``: checkpoints/, tensorboard/, best_model/ (exported weights),
 metrics.jsonl (training curves), metrics.json (the final table) and curves.png. Running it
@@ -63,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     trainer.setup()
     trainer.fit()
     train_minutes = (time.perf_counter() - t0) / 60
+    if trainer.world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if trainer.rank != 0:
+            return 0
 
     data_dir = Path(cfg.train_dataset.train_manifest[0]).parent
     tests = args.test or [str(data_dir / "test_seen.jsonl"), str(data_dir / "test_unseen.jsonl")]
