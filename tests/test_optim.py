@@ -39,13 +39,16 @@ def expected_no_decay(model: nn.Module) -> set[str]:
 
 def test_no_weight_decay_on_biases_norms_and_mamba_params():
     model = tiny_model()
-    groups = param_groups(model, weight_decay=0.1)
+    groups = param_groups(model, OptimConfig(weight_decay=0.1))
     by_id = {id(p): n for n, p in model.named_parameters()}
     decay = {by_id[id(p)] for p in groups[0]["params"]}
     no_decay = {by_id[id(p)] for p in groups[1]["params"]}
-    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
-    assert decay | no_decay == set(by_id.values()) and not decay & no_decay
-    assert no_decay == expected_no_decay(model)
+    frontend = {by_id[id(p)] for p in groups[2]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0 and groups[2]["weight_decay"] == 0.0
+    assert decay | no_decay | frontend == set(by_id.values())
+    assert not decay & no_decay and not (decay | no_decay) & frontend
+    assert frontend == {"frontend.mel.weight"}
+    assert no_decay == expected_no_decay(model) - frontend
     assert any(n.endswith("mixer.A_log") for n in no_decay)  # the tiny preset has a Mamba2 block
     assert any(n.endswith("mixer.q_proj.weight") for n in decay)
 
@@ -53,7 +56,7 @@ def test_no_weight_decay_on_biases_norms_and_mamba_params():
 def test_marked_parameter_is_exempt_even_when_2d():
     lin = nn.Linear(3, 4)
     lin.weight._no_weight_decay = True
-    groups = param_groups(lin, weight_decay=0.5)
+    groups = param_groups(lin, OptimConfig(weight_decay=0.5))
     assert groups[0]["params"] == [] and len(groups[1]["params"]) == 2
 
 
@@ -66,10 +69,24 @@ def test_adamw_decays_only_the_decay_group():
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
-    no_decay = expected_no_decay(model)
+    no_decay = expected_no_decay(model) | {"frontend.mel.weight"}
     for n, p in model.named_parameters():
         want = before[n] if n in no_decay else before[n] * (1 - 0.1 * 0.5)
         torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_mel_layer_learns_at_the_scaled_rate():
+    """Adam's first step moves every weight with a nonzero gradient by exactly its group's lr."""
+    model = tiny_model()
+    cfg = OptimConfig(lr=0.01, weight_decay=0.0, frontend_lr_scale=0.05)
+    opt = build_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        step = 0.01 * 0.05 if n.startswith("frontend.") else 0.01
+        torch.testing.assert_close((before[n] - p.detach()), torch.full_like(p, step), rtol=1e-4, atol=0, msg=n)
 
 
 def reference_lr(n: int, cfg: OptimConfig, max_steps: int) -> float:
