@@ -172,7 +172,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.05  # cosine floor as a fraction of lr
     grad_clip: float = 5.0
     accumulate: int = 1  # gradient accumulation steps
-    frontend_lr_scale: float = 0.01  # the trainable mel layer learns at lr x this (see asrlib/optim.py)
+    frontend_lr_scale: float = 1.0  # the trainable mel layer learns at lr x this (see asrlib/optim.py)
 
 
 @dataclass
