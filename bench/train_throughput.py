@@ -7,6 +7,12 @@ both losses) + backward + gradient clipping + AdamW step. A few warm-up steps, t
 timed steps.
 
     .venv/bin/python bench/train_throughput.py [--steps 10] [--warmup 3]
+    .venv/bin/python bench/train_throughput.py --processes 2 --threads 1 --presets demo    (make demo's setup)
+
+With ``--processes N`` the script relaunches itself under torchrun: N one-process-per-rank
+trainers (DDP, gloo) each time their own shard; the audio seconds of all ranks are summed and
+the slowest rank's wall time is used. Each rank uses the preset's batch budget, so a step
+then trains N times the audio of a one-process step.
 
 Prints one JSON object (with the load average, since a shared machine skews the numbers).
 """
@@ -17,12 +23,14 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,8 +59,15 @@ def measure(preset: str, threads: int, steps: int, warmup: int) -> dict:
             seconds += v["seconds"]  # audio seconds after speed perturbation
             utts += len(b)
         wall = time.perf_counter() - t0
+        if tr.world > 1:  # every rank's audio counts; the step ends when the slowest rank ends
+            totals = torch.tensor([seconds, float(utts)], dtype=torch.float64)
+            dist.all_reduce(totals)
+            longest = torch.tensor([wall], dtype=torch.float64)
+            dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+            seconds, utts, wall = float(totals[0]), int(totals[1]), float(longest[0])
     return {
         "preset": preset,
+        "processes": tr.world,
         "threads": torch.get_num_threads(),
         "params_M": round(count_parameters(tr.model) / 1e6, 3),
         "batch_seconds_budget": cfg.train_dataset.batch_seconds,
@@ -71,9 +86,19 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--presets", nargs="+", default=["tiny", "demo"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--processes", type=int, default=1, help="DDP processes (relaunches under torchrun)")
     args = p.parse_args()
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(args.processes), __file__, *sys.argv[1:]]
+        env = {**os.environ, "OMP_NUM_THREADS": str(min(args.threads))}
+        sys.exit(subprocess.run(cmd, env=env).returncode)
     load_before = os.getloadavg()
     results = [measure(preset, t, args.steps, args.warmup) for preset in args.presets for t in args.threads]
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     print(json.dumps({
         "benchmark": "train_throughput",
         "unit": "audio seconds trained per wall second (forward + backward + optimiser step)",
