@@ -87,6 +87,7 @@ class EncoderConfig:
     chunk_frames: int = 64  # attention chunk in FRONTEND frames (multiple of subsampling factor)
     left_chunks: int = 2  # chunks of left context each frame may attend to
     dropout: float = 0.1
+    input_scale: float = 0.0  # multiplies the subsampling output (start of the residual stream); 0 = sqrt(d_model)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     mamba2: Mamba2Config = field(default_factory=Mamba2Config)
     conv: ConvModuleConfig = field(default_factory=ConvModuleConfig)

@@ -130,3 +130,20 @@ def test_step_with_misaligned_chunks_differs():
         state = enc.init_state(1)
         first, state = enc.step(feats[:, : cf // 2], state)  # half a chunk, then whole chunks
     assert (first - full[:, : first.shape[1]]).abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------------------- input scale
+
+
+@pytest.mark.parametrize("scale, want", [(0.0, None), (1.0, 1.0), (3.5, 3.5)])
+def test_blocks_receive_the_subsampling_output_times_input_scale(scale, want):
+    """Default (0) is sqrt(d_model); the first block sees exactly scale x subsampling output."""
+    enc = tiny_encoder(f"model.encoder.input_scale={scale}")
+    want = math.sqrt(enc.d_model) if want is None else want
+    feats, lengths = torch.randn(2, 40, enc.subsampling.stage_inputs[0][1]), torch.tensor([40, 27])
+    seen = {}
+    enc.blocks[0].register_forward_pre_hook(lambda mod, args: seen.update(x=args[0]))
+    with torch.no_grad():
+        enc(feats, lengths)
+        sub, _ = enc.subsampling(feats, lengths)
+    torch.testing.assert_close(seen["x"], want * sub)
