@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 
 from asrlib import cli
+from asrlib.data.importers.an4 import choose_dev_speakers
 from asrlib.data.importers.fsdd import build_digits_corpus
-from asrlib.data.manifest import read_manifest
+from asrlib.data.manifest import ManifestError, read_manifest
 
 WORDS = "zero one two three four five six seven eight nine".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -162,3 +163,141 @@ def test_bundled_digits_corpus():
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert size < 15e6
     assert (out / "tokenizer" / "tokenizer.model").is_file()
+
+
+# ------------------------------------------------------------------ AN4 (CMU census)
+
+AN4_TRAIN = {  # speaker -> [(utterance id, transcription as written between <s> and </s>, samples)]
+    "fabc": [("an1-fabc-b", "YES", 9000), ("cen1-fabc-b", " A  B C ", 12345)],
+    "fdef2": [("an2-fdef2-b", "GO", 8001)],
+    "mghi": [("an3-mghi-b", "RUBOUT", 7000), ("cen3-mghi-b", "TWENTY ONE", 11111)],
+    "mjkl": [("an4-mjkl-b", "STOP", 6400)],
+    "mmno": [("an5-mmno-b", "ERASE  H", 10000)],
+}
+AN4_TEST = {"fqrs": [("an9-fqrs-b", "NO", 5000)], "mtuv": [("cen8-mtuv-b", "OH FIVE", 7777)]}
+
+
+def make_an4(root: Path, with_test: bool) -> dict[str, np.ndarray]:
+    """A miniature AN4 tree (original layout, NIST SPHERE PCM_16) -> {utterance id: int16 samples}."""
+    rng = np.random.default_rng(0)
+    samples = {}
+
+    def write(folder: str, corpus: dict, trans_name: str, extra: list[str]):
+        lines = []
+        for spk, utts in corpus.items():
+            for utt, text, n in utts:
+                t = np.arange(n) / 16000
+                x = 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) * np.hanning(n) + 0.01 * rng.standard_normal(n)
+                samples[utt] = (x * 32767).astype(np.int16)
+                path = root / "wav" / folder / spk / f"{utt}.sph"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, samples[utt], 16000, format="NIST", subtype="PCM_16")
+                lines.append(f"<s> {text} </s> ({utt})")
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "etc" / trans_name).write_text("\n".join(lines + extra) + "\n")
+        (root / "etc" / trans_name.replace("transcription", "fileids")).write_text(
+            "".join(f"{folder}/{spk}/{u}\n" for spk, utts in corpus.items() for u, _, _ in utts)
+        )
+
+    # a line whose .sph is missing, one that does not parse (line 9 of the file), one whose .sph is junk
+    extra = ["<s> HELP </s> (an6-mjkl-b)", "HELP (an7-mjkl-b)", "<s> NO </s> (an8-mjkl-b)"]
+    write("an4_clstk", AN4_TRAIN, "an4_train.transcription", extra)
+    (root / "wav" / "an4_clstk" / "mjkl" / "an8-mjkl-b.sph").write_bytes(b"NIST_1A\n   1024\nnot audio")
+    if with_test:
+        write("an4test_clstk", AN4_TEST, "an4_test.transcription", [])
+    return samples
+
+
+def check_an4_split(out: Path, split: str, corpus: dict, samples: dict, ext: str) -> set[str]:
+    """Rows of ``split`` against the tree's own texts, speakers and sample counts -> its speakers."""
+    expected = {utt: (spk, " ".join(text.split())) for spk, utts in corpus.items() for utt, text, _ in utts}
+    rows = lines(out / f"{split}.jsonl")
+    entries, _ = read_manifest(out / f"{split}.jsonl", strict=True)
+    for row, e in zip(rows, entries):
+        spk, text = expected[row["id"]]
+        assert (row["speaker"], row["text"]) == (spk, text) and e.text == text
+        assert row["audio_filepath"] == f"audio/{split}/{spk}/{row['id']}.{ext}"
+        assert row["duration"] == len(samples[row["id"]]) / 16000  # exact
+        info = sf.info(e.audio_filepath)
+        assert (info.samplerate, info.channels) == (16000, 1)
+        y, _ = sf.read(e.audio_filepath, dtype="int16")
+        assert len(y) == len(samples[row["id"]])
+        if ext != "opus":  # lossless
+            assert np.array_equal(y, samples[row["id"]])
+    return {r["speaker"] for r in rows}
+
+
+def test_an4_importer_on_a_miniature(tmp_path, capsys):
+    an4 = tmp_path / "an4"
+    samples = make_an4(an4, with_test=True)
+    out = tmp_path / "out"
+    args = ["prepare", "an4", str(an4), "--out", str(out), "--dev-speakers", "2", "--seed", "3"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "'missing audio': 1" in printed and "9 utterances" in printed
+    assert "'unreadable or not 16 kHz mono audio': 1" in printed
+    assert f"first at {an4 / 'etc' / 'an4_train.transcription'}:9\": 1" in printed
+    train = check_an4_split(out, "train", AN4_TRAIN, samples, "flac")
+    dev = check_an4_split(out, "dev", AN4_TRAIN, samples, "flac")
+    test = check_an4_split(out, "test", AN4_TEST, samples, "flac")
+    assert train | dev == set(AN4_TRAIN) and not train & dev and test == set(AN4_TEST)  # split by speaker
+    assert sorted(s[0] for s in dev) == ["f", "m"]  # 2 of 5 speakers, 2 f : 3 m -> 1 f + 1 m
+    assert sum(len(lines(out / f"{s}.jsonl")) for s in ("train", "dev")) == 7  # every training utterance once
+    # deterministic for a seed
+    assert cli.main(args[:3] + ["--out", str(tmp_path / "again")] + args[5:]) == 0
+    for split in ("train", "dev", "test"):
+        assert (out / f"{split}.jsonl").read_text() == (tmp_path / "again" / f"{split}.jsonl").read_text()
+    # never overwrite without --force; --force rebuilds without stale splits
+    capsys.readouterr()
+    assert cli.main(args) == 1 and "refusing to overwrite" in capsys.readouterr().err
+    assert cli.main(args[:5] + ["--force"]) == 0
+    assert not (out / "dev.jsonl").exists() and not (out / "audio" / "dev").exists()
+    assert check_an4_split(out, "train", AN4_TRAIN, samples, "flac") == set(AN4_TRAIN)
+
+
+def test_an4_without_test_set_and_opus(tmp_path, capsys):
+    an4 = tmp_path / "an4"
+    samples = make_an4(an4, with_test=False)
+    sizes = {}
+    for name, kbps in (("opus16", "16"), ("opus64", "64"), ("again", "16")):
+        out = tmp_path / name
+        assert cli.main(["prepare", "an4", str(an4), "--out", str(out), "--format", "opus", "--opus-bitrate", kbps]) == 0
+        assert not (out / "test.jsonl").exists() and not (out / "dev.jsonl").exists()
+        assert check_an4_split(out, "train", AN4_TRAIN, samples, "opus") == set(AN4_TRAIN)
+        sizes[name] = sum(p.stat().st_size for p in (out / "audio").rglob("*.opus"))
+        info = sf.info(out / "audio" / "train" / "mghi" / "an3-mghi-b.opus")
+        assert (info.format, info.subtype) == ("OGG", "OPUS")
+    assert sizes["opus16"] < 0.6 * sizes["opus64"]  # the bitrate option reaches the encoder
+    for path in (tmp_path / "opus16").rglob("*.opus"):  # byte-identical rebuilds (fixed Ogg serial)
+        assert path.read_bytes() == (tmp_path / "again" / path.relative_to(tmp_path / "opus16")).read_bytes()
+    # decoded Opus is aligned with the source: cross-correlation peaks at lag 0
+    x = samples["cen3-mghi-b"].astype(np.float64)
+    y, _ = sf.read(tmp_path / "opus64" / "audio" / "train" / "mghi" / "cen3-mghi-b.opus", dtype="float64")
+    corr = np.correlate(y, x[1000:-1000], mode="valid")  # lag k -> index 1000 + k
+    assert int(np.argmax(corr)) == 1000
+    assert cli.main(["prepare", "an4", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
+    assert "an4_train.transcription not found" in capsys.readouterr().err
+
+
+def test_an4_dev_speakers_are_stratified_and_deterministic():
+    speakers = [f"f{i:02d}" for i in range(21)] + [f"m{i:02d}" for i in range(53)]  # AN4 train: 21 f, 53 m
+    dev = choose_dev_speakers(speakers, 10, seed=0)
+    assert len(dev) == 10 and sum(s[0] == "f" for s in dev) == 3  # 10 * 21/74 = 2.84 -> 3 f, 7 m
+    assert dev == choose_dev_speakers(list(reversed(speakers)), 10, seed=0)
+    assert dev != choose_dev_speakers(speakers, 10, seed=1)
+    with pytest.raises(ManifestError, match="--dev-speakers 74"):
+        choose_dev_speakers(speakers, 74, seed=0)
+
+
+def test_bundled_an4_corpus():
+    out = REPO / "data_samples" / "an4"
+    by_split = {}
+    for split in ("train", "dev"):
+        entries, report = read_manifest(out / f"{split}.jsonl", strict=True)
+        by_split[split] = {r["speaker"] for r in lines(out / f"{split}.jsonl")}
+        assert report.kept == len(entries) > 0
+    assert len(by_split["dev"]) == 10 and not by_split["dev"] & by_split["train"]
+    assert len(by_split["train"] | by_split["dev"]) == 74
+    assert not (out / "test.jsonl").exists()  # the official test set is held out
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 20e6
+    assert (out / "tokenizer" / "tokenizer.model").is_file() and (out / "LICENSE").is_file()

@@ -3,6 +3,7 @@
     asrlib prepare fsdd RECORDINGS_DIR --out DIR              (the bundled digits corpus)
     asrlib prepare commonvoice CV_LANG_DIR --split validated|train|dev|test --out DIR
     asrlib prepare librispeech SPLIT_DIR --out DIR
+    asrlib prepare an4 AN4_DIR --out DIR [--format flac|opus|wav] [--dev-speakers N]
 
 Every importer writes manifests with ``audio_filepath`` relative to the manifest, and never
 overwrites an existing manifest unless ``--force``. Each corpus module has ``main(argv)``.
@@ -19,6 +20,7 @@ CORPORA = {
     "fsdd": "Free Spoken Digit Dataset recordings -> digit-sequence corpus (FLAC + manifests)",
     "commonvoice": "Common Voice language folder (TSV + clips/*.mp3) -> manifest",
     "librispeech": "LibriSpeech split folder (*.trans.txt + flac) -> manifest",
+    "an4": "AN4 (CMU census) folder (etc/*.transcription + sph) -> train/dev/test (audio + manifests)",
 }
 
 
