@@ -8,10 +8,17 @@ STAMP   := $(VENV)/.asrlib-installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS  ?= notebooks,onnx,dev
 DEMO_OUT ?= runs/demo
+# make demo DATA=an4 (or make demo-an4) trains configs/an4.toml on the bundled AN4 speech.
+DATA    ?= digits
+DEMO_CONFIG := $(if $(filter an4,$(DATA)),configs/an4.toml,configs/demo.toml)
+# make demo SEED=2: another seed, in its own folder (runs/demo-seed2)
+SEED    ?=
+DEMO_DIR    := $(if $(filter an4,$(DATA)),runs/an4,$(DEMO_OUT))$(if $(SEED),-seed$(SEED))
+DEMO_ARGS   ?= $(if $(SEED),--set trainer.seed=$(SEED))
 # make demo trains with this many one-thread processes (torchrun + DDP, gloo); 1 = plain python.
 DEMO_PROCS ?= 2
 
-.PHONY: setup demo test test-fast lab bench clean-venv
+.PHONY: setup demo demo-an4 test test-fast lab bench clean-venv
 
 setup: $(STAMP)
 
@@ -24,7 +31,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m torch.distributed.run --standalone --nproc_per_node $(DEMO_PROCS) \
-		-m asrlib.demo --config configs/demo.toml --out $(DEMO_OUT)
+		-m asrlib.demo --config $(DEMO_CONFIG) --out $(DEMO_DIR) $(DEMO_ARGS)
+
+demo-an4:
+	$(MAKE) demo DATA=an4
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -128,6 +128,7 @@ class TrainDatasetConfig:
     batch_seconds: float = 60.0  # audio seconds per batch (bucketed by duration)
     max_batch_size: int = 64  # cap on utterances per batch
     num_buckets: int = 10
+    sorted_epochs: int = 0  # first epochs whose batches go shortest first (SortaGrad), then shuffled
     num_workers: int = 0
     strict: bool = False  # True: a bad utterance is an error; False: skipped and counted
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--test", action="append", default=None,
-                   help="manifests to evaluate (default: test_seen and test_unseen beside the training data)")
+                   help="manifests to evaluate (default: every test*.jsonl beside the training data, "
+                        "else the validation manifests)")
     args = p.parse_args(argv)
 
     from asrlib.checkpoint import load_model
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
     data_dir = Path(cfg.train_dataset.train_manifest[0]).parent
-    tests = args.test or [str(data_dir / "test_seen.jsonl"), str(data_dir / "test_unseen.jsonl")]
+    tests = args.test or [str(p) for p in sorted(data_dir.glob("test*.jsonl"))] or list(
+        cfg.validation_dataset.validation_manifest)
     model, tok_path = load_model(out / "best_model")
     tokenizer = Tokenizer(tok_path)
     table = {}

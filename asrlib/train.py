@@ -87,7 +87,8 @@ class Trainer:
         self.log_line(f"train: {report.summary()}")
         self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict)
         self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
-                                          td.num_buckets, cfg.trainer.seed, self.rank, self.world)
+                                          td.num_buckets, cfg.trainer.seed, self.rank, self.world,
+                                          sorted_epochs=td.sorted_epochs)
         self.model = build_model(cfg.model).to(self.device)
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()

@@ -212,3 +212,23 @@ def test_offset_lines_read_only_their_segment(tmp_path):
     assert torch.equal(ds[0][0], torch.from_numpy(ramp[4000:12000]))
     assert torch.equal(ds[1][0], torch.from_numpy(ramp[:8000]))
     assert torch.equal(ds[2][0], torch.from_numpy(ramp))
+
+
+def test_sorted_epochs_go_shortest_first_then_shuffle():
+    """SortaGrad: in the first sorted_epochs epochs the batches come bucket by bucket, shortest
+    quarter of the utterances first (num_buckets=4), each utterance once; later epochs are the
+    ordinary shuffled plan."""
+    d = durations(80)
+    kw = {**KW, "sorted_epochs": 2}
+    rank_of = {i: r for r, i in enumerate(sorted(range(80), key=lambda i: d[i]))}  # durations are distinct
+    for epoch in (0, 1):
+        plan = BucketBatchSampler(d, **kw).global_plan(epoch)
+        quarters = [{rank_of[i] // 20 for i in b} for b in plan]
+        assert all(len(q) == 1 for q in quarters)  # a batch never mixes buckets
+        seq = [q.pop() for q in quarters]
+        assert seq == sorted(seq) and seq[0] == 0 and seq[-1] == 3
+        assert sorted(i for b in plan for i in b) == list(range(80))
+    plain = BucketBatchSampler(d, **KW)
+    sorted_first = BucketBatchSampler(d, **kw)
+    assert sorted_first.global_plan(2) == plain.global_plan(2)
+    assert sorted_first.global_plan(0) != plain.global_plan(0)

@@ -135,7 +135,9 @@ class BucketBatchSampler(torch.utils.data.Sampler):
       2. in each bucket, shuffle and pack greedily: a batch grows while
          max duration x size <= ``batch_seconds`` and size <= ``max_batch_size`` (an utterance
          longer than the budget alone forms a batch of one);
-      3. shuffle the order of all batches.
+      3. shuffle the order of all batches, except in the first ``sorted_epochs`` epochs, whose
+         batches go from the shortest bucket to the longest (SortaGrad, Amodei et al. 2016:
+         short utterances have few alignments, so the first steps learn from easy ones).
     ``shuffle=False`` skips the random steps (sorted by duration; for validation).
 
     Sharding: rank r takes batches r, r + W, r + 2W, … (W = ``world_size``). DDP needs every
@@ -163,6 +165,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         world_size: int = 1,
         shuffle: bool = True,
         drop_last: bool = False,
+        sorted_epochs: int = 0,
     ):
         if batch_seconds <= 0 or max_batch_size < 1 or num_buckets < 1:
             raise ValueError(f"need batch_seconds > 0, max_batch_size >= 1, num_buckets >= 1; got {batch_seconds}, {max_batch_size}, {num_buckets}")
@@ -173,7 +176,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         self.durations = np.asarray(durations, dtype=np.float64)
         self.batch_seconds, self.max_batch_size, self.num_buckets = batch_seconds, max_batch_size, num_buckets
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle, self.drop_last, self.sorted_epochs = shuffle, drop_last, sorted_epochs
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded on this rank
         self._plan_cache: tuple[int, list[list[int]]] | None = None
@@ -202,7 +205,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         batches: list[list[int]] = []
         for bucket in np.array_split(order, min(self.num_buckets, n)):
             batches += self._pack(rng.permutation(bucket) if self.shuffle else bucket)
-        if self.shuffle:
+        if self.shuffle and epoch >= self.sorted_epochs:
             batches = [batches[j] for j in rng.permutation(len(batches))]
         W = self.world_size
         if self.drop_last:
