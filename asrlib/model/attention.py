@@ -6,14 +6,19 @@ groups are expanded to H heads explicitly (expand + reshape) before
 ``scaled_dot_product_attention`` — SDPA's ``enable_gqa`` flag is avoided because it does not
 export to ONNX everywhere.
 
-Training (``forward``) uses the chunk mask of :mod:`asrlib.model.masks` AND the key padding
-mask. Streaming (``step``) feeds one chunk at a time; the :class:`AttentionCache` keeps the
+Training (``forward``) is computed chunk by chunk: the queries of each chunk of
+``chunk_size`` frames attend to the window of their own and their ``left_chunks`` previous
+chunks (:mod:`asrlib.model.chunk_windows`), all chunks in one batched SDPA call, so time and
+memory grow as O(T * W) with W = (left_chunks + 1) * chunk_size, not O(T^2). ``forward_dense``
+is the reference it is tested against: full (T, T) scores under the chunk mask of
+:mod:`asrlib.model.masks` AND the key padding mask. Streaming (``step``) feeds one chunk at a time; the :class:`AttentionCache` keeps the
 post-RoPE keys/values of the last ``L = left_chunks * chunk_size`` frames, so the queries of a
 chunk see ``[cache (L) ; chunk (Tc)]`` — exactly the rows of the chunk mask. Keys are rotated
 with their absolute positions once, when they enter the cache.
 
 Shapes: B batch, T time, D model dim, H query heads, K kv groups, P head dim (D // H),
-L cached frames, Tc frames in one streaming chunk.
+L cached frames, Tc frames in one streaming chunk, C chunk size, M = ceil(T / C) chunks,
+W = L + C key window of one chunk.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrlib.config import AttentionConfig
+from asrlib.model.chunk_windows import chunk_windows, num_chunks, pad_time_to_chunks, window_key_mask
 from asrlib.model.masks import chunk_mask, key_padding_mask, stream_key_mask
 from asrlib.model.rope import RotaryEmbedding
 
@@ -83,21 +89,52 @@ class GroupedQueryAttention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, K, T, P) each
         return self.rope(q, positions), self.rope(k, positions), v
 
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """q (X, H, Tq, P), k/v (X, K, S, P), mask (X|1, 1, Tq, S) bool -> (X, H, Tq, P).
+
+        X is any batch: B sequences, or B * M chunks."""
+        X, H, Tq, P = q.shape
+        K, S = k.shape[1], k.shape[2]
+        G = H // K  # query heads per kv group
+        k = k[:, :, None].expand(X, K, G, S, P).reshape(X, H, S, P)  # (X, H, S, P)
+        v = v[:, :, None].expand(X, K, G, S, P).reshape(X, H, S, P)  # (X, H, S, P)
+        p = self.cfg.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (X, H, Tq, P)
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """q (B, H, Tq, P), k/v (B, K, S, P), mask (B|1, 1, Tq, S) bool -> (B, Tq, D)."""
         B, H, Tq, P = q.shape
-        K, S = k.shape[1], k.shape[2]
-        G = H // K  # query heads per kv group
-        k = k[:, :, None].expand(B, K, G, S, P).reshape(B, H, S, P)  # (B, H, S, P)
-        v = v[:, :, None].expand(B, K, G, S, P).reshape(B, H, S, P)  # (B, H, S, P)
-        p = self.cfg.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, Tq, P)
+        y = self._sdpa(q, k, v, mask)  # (B, H, Tq, P)
         y = y.transpose(1, 2).reshape(B, Tq, H * P)  # (B, Tq, H*P)
         return self.out_proj(y)
 
     # ------------------------------------------------------------------ training path
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Chunk by chunk: x (B, T, D), lengths (B,) or None -> (B, T, D). Equals forward_dense."""
+        B, T, _ = x.shape
+        H, P, C = self.n_heads, self.head_dim, self.chunk_size
+        M = num_chunks(T, C)
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
+        q, k, v = self._project(x, torch.arange(T, device=x.device))
+        q = pad_time_to_chunks(q, C).view(B, H, M, C, P)  # (B, H, M, C, P)
+        q = q.transpose(1, 2).reshape(B * M, H, C, P)  # (B*M, H, C, P)
+        kw = chunk_windows(k, C, self.left_chunks)  # (B, M, K, W, P) view
+        vw = chunk_windows(v, C, self.left_chunks)  # (B, M, K, W, P) view
+        W = kw.shape[3]
+        kw = kw.reshape(B * M, self.n_kv, W, P)  # (B*M, K, W, P)
+        vw = vw.reshape(B * M, self.n_kv, W, P)  # (B*M, K, W, P)
+        mask = window_key_mask(lengths, T, C, self.left_chunks).view(B * M, 1, C, W)  # (B*M, 1, C, W)
+        y = self._sdpa(q, kw, vw, mask)  # (B*M, H, C, P)
+        y = y.view(B, M, H, C, P).transpose(2, 3)  # (B, M, C, H, P)
+        y = y.reshape(B, M * C, H * P)[:, :T]  # (B, T, H*P)
+        return self.out_proj(y)
+
+    def forward_dense(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Reference for ``forward``: (T, T) scores under the chunk and key padding masks.
+
+        x (B, T, D), lengths (B,) or None -> (B, T, D). Memory O(T^2): tests only."""
         B, T, _ = x.shape
         positions = torch.arange(T, device=x.device)  # (T,)
         q, k, v = self._project(x, positions)
