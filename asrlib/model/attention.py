@@ -89,22 +89,24 @@ class GroupedQueryAttention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, K, T, P) each
         return self.rope(q, positions), self.rope(k, positions), v
 
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """q (X, H, Tq, P), k/v (X, K, S, P), mask (X|1, 1, Tq, S) bool -> (X, H, Tq, P).
+    def _expand_groups(self, k: Tensor) -> Tensor:
+        """(…, K, S, P) -> (…, H, S, P): each kv group repeated for its H / K query heads (a copy)."""
+        *lead, K, S, P = k.shape
+        G = self.n_heads // K  # query heads per kv group
+        return k.unsqueeze(-3).expand(*lead, K, G, S, P).flatten(-4, -3)  # (…, H, S, P)
 
-        X is any batch: B sequences, or B * M chunks."""
-        X, H, Tq, P = q.shape
-        K, S = k.shape[1], k.shape[2]
-        G = H // K  # query heads per kv group
-        k = k[:, :, None].expand(X, K, G, S, P).reshape(X, H, S, P)  # (X, H, S, P)
-        v = v[:, :, None].expand(X, K, G, S, P).reshape(X, H, S, P)  # (X, H, S, P)
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """q (X, Hx, Tq, P), k/v (X, Hx, S, P), mask (X|1, 1, Tq, S) bool -> (X, Hx, Tq, P).
+
+        X is B (whole sequences) or B * M (chunks); Hx is H, or K with the G query heads of a
+        group stacked along Tq."""
         p = self.cfg.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (X, H, Tq, P)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """q (B, H, Tq, P), k/v (B, K, S, P), mask (B|1, 1, Tq, S) bool -> (B, Tq, D)."""
         B, H, Tq, P = q.shape
-        y = self._sdpa(q, k, v, mask)  # (B, H, Tq, P)
+        y = self._sdpa(q, self._expand_groups(k), self._expand_groups(v), mask)  # (B, H, Tq, P)
         y = y.transpose(1, 2).reshape(B, Tq, H * P)  # (B, Tq, H*P)
         return self.out_proj(y)
 
@@ -117,17 +119,20 @@ class GroupedQueryAttention(nn.Module):
         M = num_chunks(T, C)
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
+        K, G = self.n_kv, H // self.n_kv  # kv groups, query heads per group
         q, k, v = self._project(x, torch.arange(T, device=x.device))
-        q = pad_time_to_chunks(q, C).view(B, H, M, C, P)  # (B, H, M, C, P)
-        q = q.transpose(1, 2).reshape(B * M, H, C, P)  # (B*M, H, C, P)
-        kw = chunk_windows(k, C, self.left_chunks)  # (B, M, K, W, P) view
-        vw = chunk_windows(v, C, self.left_chunks)  # (B, M, K, W, P) view
+        # The G query heads of a kv group are stacked along the query axis (the mask does not
+        # depend on the head), so the key windows are never repeated per query head.
+        q = pad_time_to_chunks(q, C).view(B, K, G, M, C, P)  # (B, K, G, M, C, P)
+        q = q.permute(0, 3, 1, 2, 4, 5).reshape(B * M, K, G * C, P)  # (B*M, K, G*C, P)
+        kw = chunk_windows(k, C, self.left_chunks)  # (B, M, K, W, P) strided view
+        vw = chunk_windows(v, C, self.left_chunks)  # (B, M, K, W, P) strided view
         W = kw.shape[3]
-        kw = kw.reshape(B * M, self.n_kv, W, P)  # (B*M, K, W, P)
-        vw = vw.reshape(B * M, self.n_kv, W, P)  # (B*M, K, W, P)
-        mask = window_key_mask(lengths, T, C, self.left_chunks).view(B * M, 1, C, W)  # (B*M, 1, C, W)
-        y = self._sdpa(q, kw, vw, mask)  # (B*M, H, C, P)
-        y = y.view(B, M, H, C, P).transpose(2, 3)  # (B, M, C, H, P)
+        kw, vw = kw.reshape(B * M, K, W, P), vw.reshape(B * M, K, W, P)  # (B*M, K, W, P) copies
+        mask = window_key_mask(lengths, T, C, self.left_chunks)  # (B, M, C, W)
+        mask = mask[:, :, None].expand(B, M, G, C, W).reshape(B * M, 1, G * C, W)  # (B*M, 1, G*C, W)
+        y = self._sdpa(q, kw, vw, mask)  # (B*M, K, G*C, P)
+        y = y.view(B, M, K, G, C, P).permute(0, 1, 4, 2, 3, 5)  # (B, M, C, K, G, P); head = k*G + g
         y = y.reshape(B, M * C, H * P)[:, :T]  # (B, T, H*P)
         return self.out_proj(y)
 

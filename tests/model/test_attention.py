@@ -275,3 +275,83 @@ def test_onnx_export_of_step_matches_onnxruntime(tmp_path, left):
         np.testing.assert_allclose(got[1], new.k.numpy(), atol=1e-5)
         np.testing.assert_array_equal(got[3], new.pos.numpy())
         state = new
+
+
+# ----------------------------------------------------------------------------- chunked == dense
+
+
+@pytest.mark.parametrize(
+    "T,chunk,left",
+    [(11, 3, 1), (16, 4, 0), (17, 4, 2), (5, 8, 2), (3, 8, 0), (13, 1, 3), (1, 1, 0), (30, 5, 10), (24, 6, 1)],
+)
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_chunked_forward_equals_dense_values_and_gradients(T, chunk, left, n_kv_heads):
+    """Values of every row (padded queries too) and gradients of x and of every parameter."""
+    m = make(n_kv_heads=n_kv_heads, chunk=chunk, left=left, dtype=torch.float64)
+    B = 4
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    lengths = torch.randint(0, T + 1, (B,))
+    lengths[0] = T  # one full row; the others ragged (0 frames allowed)
+    g = torch.randn(B, T, D, dtype=torch.float64)  # upstream gradient on all rows
+    results = []
+    for fn in (m.forward, m.forward_dense):
+        m.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        y = fn(xg, lengths)
+        (y * g).sum().backward()
+        results.append((y.detach(), xg.grad, {n: p.grad for n, p in m.named_parameters()}))
+    (y, gx, gp), (y_ref, gx_ref, gp_ref) = results
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y, y_ref, atol=1e-12, rtol=0)
+    assert torch.allclose(gx, gx_ref, atol=1e-11, rtol=0)
+    for name in gp_ref:
+        assert torch.allclose(gp[name], gp_ref[name], atol=1e-10, rtol=0), name
+
+
+@pytest.mark.parametrize("T,chunk,left", [(11, 3, 1), (4, 8, 2)])
+def test_chunked_forward_without_lengths_equals_dense(T, chunk, left):
+    m = make(chunk=chunk, left=left, dtype=torch.float64)
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    assert torch.allclose(m(x), m.forward_dense(x), atol=1e-12, rtol=0)
+
+
+_MEMORY_PROBE = r"""
+import json, resource, sys, torch
+from asrlib.config import AttentionConfig
+from asrlib.model.attention import GroupedQueryAttention
+torch.set_num_threads(1)
+T, D, H, C, LEFT = (int(a) for a in sys.argv[1:6])
+m = GroupedQueryAttention(D, AttentionConfig(n_heads=H), C, LEFT).eval()
+x = torch.randn(1, T, D)  # (B, T, D)
+with torch.no_grad():
+    m(x[:, : 4 * C])  # warm-up: kernels and allocator set up before the baseline
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    y = m(x, torch.tensor([T]))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_growth_bytes": 1024 * (after - before), "finite": bool(torch.isfinite(y).all())}))
+"""
+
+
+def test_long_input_attention_memory_is_linear_not_quadratic():
+    """20 min of audio at 25 encoder frames/s with the demo model's attention (d 128, 4 heads,
+    chunk 8, left 4). The dense path must at least hold its (T, T) bool mask (T^2 bytes,
+    0.9 GB here; its (H, T, T) float32 scores would be 14.4 GB): the chunked forward must stay
+    under a third of that mask alone (measured: 0.14 GB, growing linearly: 0.064 GB at T/2)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    T, D_, H, C, left = 30000, 128, 4, 8, 4
+    dense_mask_bytes = T * T  # one (T, T) bool mask, the least the dense path allocates
+    bound = dense_mask_bytes // 3
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(T), str(D_), str(H), str(C), str(left)],
+        capture_output=True, text=True, env=env, check=True, timeout=600,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["finite"]
+    assert r["peak_growth_bytes"] < bound, (r, bound)
