@@ -125,10 +125,10 @@ class GroupedQueryAttention(nn.Module):
         # depend on the head), so the key windows are never repeated per query head.
         q = pad_time_to_chunks(q, C).view(B, K, G, M, C, P)  # (B, K, G, M, C, P)
         q = q.permute(0, 3, 1, 2, 4, 5).reshape(B * M, K, G * C, P)  # (B*M, K, G*C, P)
-        kw = chunk_windows(k, C, self.left_chunks)  # (B, M, K, W, P) strided view
-        vw = chunk_windows(v, C, self.left_chunks)  # (B, M, K, W, P) strided view
+        kw = chunk_windows(k, C, self.left_chunks)  # (B, M, K, W, P)
+        vw = chunk_windows(v, C, self.left_chunks)  # (B, M, K, W, P)
         W = kw.shape[3]
-        kw, vw = kw.reshape(B * M, K, W, P), vw.reshape(B * M, K, W, P)  # (B*M, K, W, P) copies
+        kw, vw = kw.reshape(B * M, K, W, P), vw.reshape(B * M, K, W, P)  # (B*M, K, W, P) views
         mask = window_key_mask(lengths, T, C, self.left_chunks)  # (B, M, C, W)
         mask = mask[:, :, None].expand(B, M, G, C, W).reshape(B * M, 1, G * C, W)  # (B*M, 1, G*C, W)
         y = self._sdpa(q, kw, vw, mask)  # (B*M, K, G*C, P)

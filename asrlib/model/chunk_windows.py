@@ -7,10 +7,10 @@ Attention computed per chunk against its window costs O(T * W) instead of the O(
 dense (T, T) mask, with the same result.
 
 ``chunk_windows`` pads time with ``L`` zero frames in front (the frames before t = 0 that do
-not exist) and up to a multiple of C at the end, then takes overlapping windows with
-``unfold`` (a strided view, no copy). ``window_key_mask`` says which window slots are real:
+not exist) and up to a multiple of C at the end, then gathers the overlapping windows with
+index arithmetic (``unfold`` would be a view, but it does not export to ONNX with a dynamic T). ``window_key_mask`` says which window slots are real:
 slot ``j`` of chunk ``m`` holds frame ``s = m*C - L + j``, valid iff ``0 <= s < length``.
-Plain arange arithmetic, pad and unfold: no Python loop over chunks, differentiable, traceable.
+Plain arange arithmetic, pad and indexing: no Python loop over chunks, differentiable, traceable.
 
 Shapes: B batch, K heads (any leading head dim), T time, P head dim, C chunk size,
 M = ceil(T / C) chunks, L = left_chunks * C left-context frames, W = L + C window.
@@ -25,7 +25,7 @@ from torch import Tensor
 
 def num_chunks(T: int, chunk_size: int) -> int:
     """M = ceil(T / C): the last chunk may be partial."""
-    return -(-T // chunk_size)
+    return (T + chunk_size - 1) // chunk_size  # not -(-T // C): ONNX integer Div truncates
 
 
 def pad_time_to_chunks(x: Tensor, chunk_size: int) -> Tensor:
@@ -35,12 +35,17 @@ def pad_time_to_chunks(x: Tensor, chunk_size: int) -> Tensor:
 
 
 def chunk_windows(x: Tensor, chunk_size: int, left_chunks: int) -> Tensor:
-    """x (B, K, T, P) -> (B, M, K, W, P) view: window ``m`` holds frames ``m*C - L .. m*C + C - 1``
-    (zeros where the frame is before 0 or at/after T)."""
+    """x (B, K, T, P) -> (B, M, K, W, P) contiguous copy: window ``m`` holds frames
+    ``m*C - L .. m*C + C - 1`` (zeros where the frame is before 0 or at/after T)."""
     C, L = chunk_size, left_chunks * chunk_size
-    x = F.pad(pad_time_to_chunks(x, C), (0, 0, L, 0))  # (B, K, L + M*C, P)
-    w = x.unfold(2, L + C, C)  # (B, K, M, P, W): window m = padded frames m*C .. m*C + W - 1
-    return w.permute(0, 2, 1, 4, 3)  # (B, M, K, W, P)
+    x = F.pad(pad_time_to_chunks(x, C), (0, 0, L, 0))  # (B, K, S, P), S = L + M*C
+    B, K, S, P = x.shape
+    M = (S - L) // C
+    dev = x.device
+    frame = torch.arange(M, device=dev)[:, None, None] * C + torch.arange(L + C, device=dev)  # (M, 1, W)
+    flat = torch.arange(K, device=dev)[None, :, None] * S + frame  # (M, K, W) index into K*S
+    w = x.reshape(B, K * S, P).index_select(1, flat.reshape(-1))  # (B, M*K*W, P), one Gather
+    return w.view(B, M, K, L + C, P)  # (B, M, K, W, P)
 
 
 def window_key_mask(lengths: Tensor, T: int, chunk_size: int, left_chunks: int) -> Tensor:
