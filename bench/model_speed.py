@@ -4,10 +4,10 @@
 
 1. Whole model (frontend + encoder + CTC head), per preset and thread count: seconds of compute
    per second of audio (the real-time factor) for forward (no grad) and forward + backward.
-2. Mixers alone at the same width (d_model 256): GroupedQueryAttention (chunk-masked, full
-   T x T scores as in training) vs Mamba2Mixer (chunked SSD scan) for T = 250, 1000, 4000
-   encoder frames (10 s, 40 s, 160 s at 40 ms/frame), forward and forward + backward, in
-   milliseconds per call with batch 1.
+2. Mixers alone at the same width (d_model 256): GroupedQueryAttention (computed chunk by
+   chunk, as in training; bench/attention_memory.py compares it with the dense T x T path)
+   vs Mamba2Mixer (chunked SSD scan) for T = 250, 1000, 4000 encoder frames (10 s, 40 s,
+   160 s at 40 ms/frame), forward and forward + backward, in milliseconds per call with batch 1.
 3. If ``transformers`` is importable, its Mamba2 mixer (pure-PyTorch path) at the same dims.
 
 Times are the best (minimum) of ``--repeats`` runs after one warm-up: on a shared machine the
