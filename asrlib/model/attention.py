@@ -1,18 +1,19 @@
 """Grouped-query self-attention with RoPE and the chunked causal mask, plus its streaming step.
 
 H query heads share K key/value groups (H a multiple of K): query head ``h`` reads group
-``h // (H / K)``. K = H is ordinary multi-head attention, K = 1 multi-query attention. The k/v
-groups are expanded to H heads explicitly (expand + reshape) before
-``scaled_dot_product_attention`` — SDPA's ``enable_gqa`` flag is avoided because it does not
-export to ONNX everywhere.
+``h // (H / K)``. K = H is ordinary multi-head attention, K = 1 multi-query attention. SDPA's
+``enable_gqa`` flag is avoided because it does not export to ONNX everywhere: ``step`` and
+``forward_dense`` expand the k/v groups to H heads explicitly (expand + reshape); ``forward``
+instead stacks the G = H / K query heads of a group along the query axis.
 
 Training (``forward``) is computed chunk by chunk: the queries of each chunk of
 ``chunk_size`` frames attend to the window of their own and their ``left_chunks`` previous
 chunks (:mod:`asrlib.model.chunk_windows`), all chunks in one batched SDPA call, so time and
 memory grow as O(T * W) with W = (left_chunks + 1) * chunk_size, not O(T^2). ``forward_dense``
 is the reference it is tested against: full (T, T) scores under the chunk mask of
-:mod:`asrlib.model.masks` AND the key padding mask. Streaming (``step``) feeds one chunk at a time; the :class:`AttentionCache` keeps the
-post-RoPE keys/values of the last ``L = left_chunks * chunk_size`` frames, so the queries of a
+:mod:`asrlib.model.masks` AND the key padding mask. Both keep each query's own frame, so
+padded queries stay finite. Streaming (``step``) feeds one chunk at a time; the
+:class:`AttentionCache` keeps the post-RoPE keys/values of the last ``L = left_chunks * chunk_size`` frames, so the queries of a
 chunk see ``[cache (L) ; chunk (Tc)]`` — exactly the rows of the chunk mask. Keys are rotated
 with their absolute positions once, when they enter the cache.
 
