@@ -13,9 +13,10 @@ memory grow as O(T * W) with W = (left_chunks + 1) * chunk_size, not O(T^2). ``f
 is the reference it is tested against: full (T, T) scores under the chunk mask of
 :mod:`asrlib.model.masks` AND the key padding mask. Both keep each query's own frame, so
 padded queries stay finite. Streaming (``step``) feeds one chunk at a time; the
-:class:`AttentionCache` keeps the post-RoPE keys/values of the last ``L = left_chunks * chunk_size`` frames, so the queries of a
-chunk see ``[cache (L) ; chunk (Tc)]`` — exactly the rows of the chunk mask. Keys are rotated
-with their absolute positions once, when they enter the cache.
+:class:`AttentionCache` keeps the post-RoPE keys/values of the last
+``L = left_chunks * chunk_size`` frames, so the queries of a chunk see
+``[cache (L) ; chunk (Tc)]`` — exactly the rows of the chunk mask. Keys are rotated with their
+absolute positions once, when they enter the cache.
 
 Shapes: B batch, T time, D model dim, H query heads, K kv groups, P head dim (D // H),
 L cached frames, Tc frames in one streaming chunk, C chunk size, M = ceil(T / C) chunks,

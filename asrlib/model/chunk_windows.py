@@ -8,8 +8,9 @@ dense (T, T) mask, with the same result.
 
 ``chunk_windows`` pads time with ``L`` zero frames in front (the frames before t = 0 that do
 not exist) and up to a multiple of C at the end, then gathers the overlapping windows with
-index arithmetic (``unfold`` would be a view, but it does not export to ONNX with a dynamic T). ``window_key_mask`` says which window slots are real:
-slot ``j`` of chunk ``m`` holds frame ``s = m*C - L + j``, valid iff ``0 <= s < length``.
+index arithmetic (``unfold`` would be a view, but it does not export to ONNX with a dynamic
+T). ``window_key_mask`` says which window slots are real: slot ``j`` of chunk ``m`` holds frame
+``s = m*C - L + j``, valid iff ``0 <= s < length``.
 Plain arange arithmetic, pad and indexing: no Python loop over chunks, differentiable, traceable.
 
 Shapes: B batch, K heads (any leading head dim), T time, P head dim, C chunk size,
