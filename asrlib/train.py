@@ -1,12 +1,15 @@
 """The trainer: one recipe with named phases, read top to bottom.
 
-    asrlib train --config configs/demo.toml [--set optim.lr=3e-4 …] [--resume auto|PATH]
+    asrlib train --config configs/demo.toml [--set optim.lr=3e-4 …] [--resume auto|PATH] [--force]
     torchrun --nproc_per_node N -m asrlib.train --config …        (DDP; gloo on CPU, NCCL on GPU)
 
 Phases: ``setup`` (devices, data, model, optimiser, logger, resume) -> ``train_step`` (one
 optimiser update, possibly over several accumulated micro-batches) -> ``evaluate`` (losses and
 WER of CTC and RNN-T greedy on the validation manifests) -> ``save_checkpoint`` (atomic; last K
-kept, plus ``best.pt`` by validation WER).
+kept, plus ``best.pt`` by validation WER; also every ``trainer.save_every_minutes`` and on
+SIGINT/SIGTERM, after finishing the step). A new run never reuses a folder holding an earlier
+run (see asrlib/run_folder.py); ``--resume auto`` falls back to the previous checkpoint when the
+newest is unreadable.
 
 Determinism: augmentation draws from a generator seeded by (seed, step), dropout from the
 global torch RNG whose state is checkpointed, and the sampler position is saved, so a resumed
@@ -19,9 +22,11 @@ import argparse
 import math
 import os
 import random
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,13 +38,16 @@ from asrlib.config import Config, load_config, to_dict
 from asrlib.data.augment import gain_perturb, speed_perturb
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler
 from asrlib.data.manifest import read_manifest
+from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
+from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
+from asrlib.stopping import GracefulStop
 from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
-from asrlib.tokenizer import Tokenizer
+from asrlib.tokenizer import Tokenizer, TokenizerError
 
 
 @dataclass
@@ -51,14 +59,18 @@ class Progress:
     batches_in_epoch: int = 0  # batches of this epoch already consumed (all micro-batches)
     skipped_nonfinite: int = 0  # optimiser steps skipped for a non-finite loss or gradient
     skipped_utterances: int = 0  # unreadable / too short / unencodable utterances dropped
+    skipped_reasons: dict = field(default_factory=dict)  # reason -> count of those utterances
     infeasible: int = 0
     audio_seconds: float = 0.0
     best_wer: float = math.inf
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, force: bool = False, resume_command: str = ""):
         self.cfg = cfg
+        self.force = force  # a new run may move an earlier run in output_dir aside
+        self.resume_command = resume_command or "asrlib train --config <your config> --resume auto"
+        self.stopped_by = ""  # signal name when a SIGINT/SIGTERM ended fit() early
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -73,6 +85,7 @@ class Trainer:
         torch.manual_seed(cfg.trainer.seed)
         random.seed(cfg.trainer.seed)
         self.out = Path(cfg.trainer.output_dir)
+        self.claim_output_dir()
 
         self.tokenizer = Tokenizer(cfg.tokenizer.tokenizer_path)
         if cfg.model.vocab_size == 0:
@@ -90,6 +103,8 @@ class Trainer:
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
                                           sorted_epochs=td.sorted_epochs)
         self.model = build_model(cfg.model).to(self.device)
+        if self.rank == 0:
+            check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
         self.loss_module = HybridLoss(self.model, cfg)
@@ -107,6 +122,9 @@ class Trainer:
         for path in cfg.validation_dataset.validation_manifest:
             ventries, vreport = read_manifest([path], max_duration=vd.max_duration, strict=False)
             self.log_line(f"validation {Path(path).name}: {vreport.summary()}")
+            if not ventries:
+                raise UsageError(f"validation manifest {path} has no usable utterance ({vreport.summary()}); "
+                                 "fix it (asrlib manifest check) or set validation_dataset.validation_manifest = []")
             self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
         self.progress = Progress()
         self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
@@ -127,16 +145,31 @@ class Trainer:
         self.log_line(f"feature normalisation from {min(n, max_utterances)} utterances: "
                       f"mean {float(mean.mean()):.2f}, std {float(std.mean()):.2f} (averaged over bins)")
 
+    def claim_output_dir(self) -> None:
+        """Refuse (or with --force archive) an earlier run in output_dir; check it is writable."""
+        tc = self.cfg.trainer
+        claim_output_dir(self.out, tc.resume, self.force, self.log_line, move=self.rank == 0)
+        if self.rank == 0:
+            check_writable(self.out)
+        if self.world > 1:
+            dist.barrier()
+
     def maybe_resume(self) -> None:
         path = self.cfg.trainer.resume
         if not path:
             return
-        if path == "auto":
-            found = ckpt.list_checkpoints(self.out / "checkpoints")
-            if not found:
-                return
-            path = found[-1]
-        state = ckpt.load_checkpoint(path)
+        path, state = self.read_resume_checkpoint(path)
+        if path is None:
+            return
+        why = ckpt.model_mismatch(state["config"]["model"], to_dict(self.cfg.model))
+        if why:
+            raise UsageError(f"cannot resume from {path}: {why}; resume with the checkpoint's model settings "
+                             "or start a new run in another trainer.output_dir")
+        stored = ckpt.tokenizer_from_state(state, path)
+        if stored is not None and stored.sha256 != self.tokenizer.sha256:
+            raise UsageError(f"cannot resume from {path}: it was trained with another tokenizer than "
+                             f"{self.tokenizer.path} (sha256 {stored.sha256[:12]} vs {self.tokenizer.sha256[:12]}); "
+                             "set tokenizer.tokenizer_path to the run's tokenizer")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -146,6 +179,28 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_tuple_state(state["rng"]["python"]))
         self.log_line(f"resumed from {path} at step {self.progress.step}")
+
+    def read_resume_checkpoint(self, path: str) -> tuple[Path | None, dict | None]:
+        """The checkpoint to resume from; for 'auto', the newest readable one (None: start afresh)."""
+        if path != "auto":
+            try:
+                return Path(path), ckpt.load_checkpoint(path)
+            except (FileNotFoundError, RuntimeError) as e:
+                raise UsageError(f"{e}; pass another --resume checkpoint or --resume auto") from None
+        found = ckpt.list_checkpoints(self.out / "checkpoints")
+        for newer, candidate in zip([None] + found[::-1], found[::-1]):
+            try:
+                state = ckpt.load_checkpoint(candidate)
+            except RuntimeError as e:
+                self.log_line(f"warning: {e}; trying the previous checkpoint")
+                continue
+            if newer is not None:
+                self.log_line(f"warning: falling back to {candidate} (newer checkpoints are unreadable)")
+            return candidate, state
+        if found:
+            raise UsageError(f"no readable checkpoint in {self.out / 'checkpoints'} ({len(found)} unreadable); "
+                             "resume from another file with --resume PATH")
+        return None, None
 
     # ------------------------------------------------------------------ train_step
     def micro_batches(self):
@@ -160,11 +215,28 @@ class Trainer:
             loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **loader_args)
             for batch in loader:
                 p.batches_in_epoch += 1
-                p.skipped_utterances += batch.dropped
+                if batch.dropped:
+                    self.count_skips(batch.dropped)
                 if len(batch) > 0:
                     yield batch
             self.progress.epoch += 1
             self.progress.batches_in_epoch = 0
+
+    def count_skips(self, dropped: int) -> None:
+        """Attribute ``dropped`` utterances to reasons (the dataset's counter, in this process)."""
+        now = Counter(self.train_set.skipped)
+        new = now - getattr(self, "_skips_seen", Counter())
+        self._skips_seen = now
+        if sum(new.values()) < dropped:  # decoded in a DataLoader worker: its counter is not ours
+            new["unreadable or unusable (in a DataLoader worker)"] += dropped - sum(new.values())
+        reasons = self.progress.skipped_reasons
+        for reason, n in new.items():
+            if reason not in reasons:
+                where = self.train_set.first_skipped.get(reason, "a DataLoader worker")
+                self.log_line(f"warning: skipping training utterances: {reason} (first at {where}); "
+                              "all skips are counted and reported at the end")
+            reasons[reason] = reasons.get(reason, 0) + n
+        self.progress.skipped_utterances += dropped
 
     def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Speed, then gain, per utterance, drawn from ``gen`` (see asrlib/data/augment.py)."""
@@ -254,14 +326,19 @@ class Trainer:
             "progress": self.progress.__dict__.copy(),
             "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate()))},
             "config": to_dict(self.cfg),
-            "tokenizer_path": str(self.tokenizer.path),
+            **ckpt.tokenizer_state(self.tokenizer),
         }
         folder = self.out / "checkpoints"
-        path = ckpt.atomic_save(state, folder / f"step-{self.progress.step:08d}.pt")
-        ckpt.rotate(folder, self.cfg.trainer.keep_last)
-        if best:
-            ckpt.atomic_save(state, folder / "best.pt")
-            ckpt.export_weights(self.model, self.out / "best_model", self.tokenizer.path)
+        try:
+            path = ckpt.atomic_save(state, folder / f"step-{self.progress.step:08d}.pt")
+            ckpt.rotate(folder, self.cfg.trainer.keep_last, self.progress.step)
+            if best:
+                ckpt.atomic_save(state, folder / "best.pt")
+                ckpt.export_weights(self.model, self.out / "best_model", self.tokenizer)
+        except OSError as e:  # disk full, folder made read-only, …
+            raise UsageError(f"could not write a checkpoint to {folder}: {e.strerror or e}; free space or fix the "
+                             f"folder, then continue with: {self.resume_command}") from None
+        self.last_save = time.monotonic()
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -274,30 +351,64 @@ class Trainer:
 
             bar = tqdm(total=tc.max_steps, initial=self.progress.step, desc="train", dynamic_ncols=True)
         t0, seconds0 = time.perf_counter(), self.progress.audio_seconds
-        while self.progress.step < tc.max_steps:
-            values = self.train_step([next(stream) for _ in range(self.cfg.optim.accumulate)])
-            step = self.progress.step
-            speed = (self.progress.audio_seconds - seconds0) * self.world / max(time.perf_counter() - t0, 1e-9)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
-            if self.logger and (step % tc.log_every == 0 or step == 1):
-                self.logger.log(step, "train", {**values, "audio_seconds_per_second": speed})
-            if step % tc.eval_every == 0 or step == tc.max_steps:
-                metrics = self.evaluate() if self.val_sets else {}
-                score = _primary_wer(metrics)
-                is_best = score < self.progress.best_wer
-                if is_best:
-                    self.progress.best_wer = score
-                if self.logger:
-                    self.logger.log(step, "valid", metrics)
-                self.log_line(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                self.save_checkpoint(best=is_best)
+        self.last_save = time.monotonic()
+        with GracefulStop(announce=self.rank == 0) as stop:
+            while self.progress.step < tc.max_steps and not self.stop_requested(stop):
+                self.loop_step(stream, bar, t0, seconds0)
+        if stop.requested:
+            self.stopped_by = stop.name
+            path = self.save_checkpoint()
+            self.log_line(f"stopped by {stop.name} at step {self.progress.step}; saved {path or 'a checkpoint'}. "
+                          f"Continue with: {self.resume_command}")
         if bar:
             bar.close()
+        self.report_skips()
         if self.logger:
             self.logger.close()
         return self.progress
+
+    def stop_requested(self, stop: GracefulStop) -> bool:
+        """Whether any rank got SIGINT/SIGTERM (all ranks must stop after the same step)."""
+        if self.world == 1:
+            return stop.requested
+        flag = torch.tensor([float(stop.signum or 0)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and not stop.requested:
+            stop.signum = int(flag.item())
+        return stop.requested
+
+    def report_skips(self) -> None:
+        p = self.progress
+        if not p.skipped_utterances:
+            self.log_line("skipped training utterances: none")
+            return
+        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(p.skipped_reasons.items(), key=lambda x: -x[1]))
+        self.log_line(f"skipped training utterances: {p.skipped_utterances} ({parts}); run "
+                      "`asrlib manifest check` on the training manifest to list them")
+
+    def loop_step(self, stream, bar, t0: float, seconds0: float) -> None:
+        """One optimiser step, then logging, evaluation and the checkpoints that fall due."""
+        tc = self.cfg.trainer
+        values = self.train_step([next(stream) for _ in range(self.cfg.optim.accumulate)])
+        step = self.progress.step
+        speed = (self.progress.audio_seconds - seconds0) * self.world / max(time.perf_counter() - t0, 1e-9)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
+        if self.logger and (step % tc.log_every == 0 or step == 1):
+            self.logger.log(step, "train", {**values, "audio_seconds_per_second": speed})
+        if step % tc.eval_every == 0 or step == tc.max_steps:
+            metrics = self.evaluate() if self.val_sets else {}
+            score = _primary_wer(metrics)
+            is_best = score < self.progress.best_wer
+            if is_best:
+                self.progress.best_wer = score
+            if self.logger:
+                self.logger.log(step, "valid", metrics)
+            self.log_line(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self.save_checkpoint(best=is_best)
+        elif tc.save_every_minutes > 0 and time.monotonic() - self.last_save >= 60 * tc.save_every_minutes:
+            self.save_checkpoint()
 
     def log_line(self, text: str) -> None:
         if self.rank == 0:
@@ -343,18 +454,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", default=None, help="'auto' (latest in output_dir) or a checkpoint path")
+    p.add_argument("--force", action="store_true", help="start a new run in an output_dir that holds an earlier "
+                   "run, after moving that run to <output_dir>/earlier-runs/<time>/ (nothing is deleted)")
     return p.parse_args(argv)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same config and overrides, --resume auto."""
+    sets = "".join(f" --set {o}" for o in args.overrides)
+    return f"asrlib train --config {args.config}{sets} --resume auto"
+
+
+@report_usage_errors("train", TokenizerError)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides) + ([f"trainer.resume={args.resume}"] if args.resume else [])
     cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, force=args.force, resume_command=resume_command(args))
     trainer.setup()
     trainer.fit()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if trainer.stopped_by:
+        return 128 + int(getattr(signal, trainer.stopped_by))
     return 0
 
 
