@@ -65,13 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         sr = json.loads((Path(args.onnx) / "config.json").read_text())["model"]["frontend"]["sample_rate"]
         args.stream = True
     else:
-        from asrlib.checkpoint import load_model
+        from asrlib.checkpoint import load_model_and_tokenizer
         from asrlib.evaluate import decode_offline
         from asrlib.streaming import StreamingRecognizer
-        from asrlib.tokenizer import Tokenizer
 
-        model, tok_path = load_model(args.checkpoint, args.device)
-        tokenizer = Tokenizer(tok_path)
+        model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
         sr = model.cfg.frontend.sample_rate
         make_rec = lambda: StreamingRecognizer(model, tokenizer, decoder=args.decoder, device=args.device)  # noqa: E731
 

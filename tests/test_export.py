@@ -226,7 +226,7 @@ def test_cli_export_verify_and_no_overwrite(model, tmp_path, capsys):
     assert report["max_abs_diff"] <= TOL and report["tokens_equal"] and report["text_equal"]
     assert report["ok"] is True and report["num_tokens"] > 0
     before = (out / "joint.onnx").stat().st_mtime_ns
-    assert main(["--checkpoint", str(weights), "--out", str(out)]) == 1  # refuses to overwrite
+    assert main(["--checkpoint", str(weights), "--out", str(out)]) == 2  # refuses to overwrite (a user mistake: exit status 2)
     assert "--force" in capsys.readouterr().err
     assert (out / "joint.onnx").stat().st_mtime_ns == before
 
