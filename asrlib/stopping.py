@@ -33,6 +33,18 @@ class GracefulStop:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
+    def any_rank(self, world: int = 1, device=None) -> bool:
+        """Whether any rank got a signal (under DDP all ranks must stop after the same step)."""
+        if world > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(self.signum or 0)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and self.signum is None:
+                self.signum = int(flag.item())
+        return self.requested
+
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without saving")

@@ -25,7 +25,6 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, load_config, to_dict
 from asrlib.data.augment import gain_perturb, speed_perturb
-from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler
-from asrlib.data.manifest import read_manifest
+from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
+from asrlib.data.manifest import ManifestError, read_manifest
+from asrlib.data.skips import SkipTally, summary as skip_summary
 from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
@@ -47,6 +47,7 @@ from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
+from asrlib.resume import check_compatible, find_checkpoint
 from asrlib.tokenizer import Tokenizer, TokenizerError
 
 
@@ -91,7 +92,7 @@ class Trainer:
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         elif cfg.model.vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
+            raise UsageError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
                              f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces")
         td, vd = cfg.train_dataset, cfg.validation_dataset
         sr = cfg.model.frontend.sample_rate
@@ -127,6 +128,7 @@ class Trainer:
                                  "fix it (asrlib manifest check) or set validation_dataset.validation_manifest = []")
             self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
         self.progress = Progress()
+        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
         self.maybe_resume()
         n = count_parameters(self.model)
@@ -158,18 +160,10 @@ class Trainer:
         path = self.cfg.trainer.resume
         if not path:
             return
-        path, state = self.read_resume_checkpoint(path)
+        path, state = find_checkpoint(path, self.out / "checkpoints", self.log_line)
         if path is None:
             return
-        why = ckpt.model_mismatch(state["config"]["model"], to_dict(self.cfg.model))
-        if why:
-            raise UsageError(f"cannot resume from {path}: {why}; resume with the checkpoint's model settings "
-                             "or start a new run in another trainer.output_dir")
-        stored = ckpt.tokenizer_from_state(state, path)
-        if stored is not None and stored.sha256 != self.tokenizer.sha256:
-            raise UsageError(f"cannot resume from {path}: it was trained with another tokenizer than "
-                             f"{self.tokenizer.path} (sha256 {stored.sha256[:12]} vs {self.tokenizer.sha256[:12]}); "
-                             "set tokenizer.tokenizer_path to the run's tokenizer")
+        check_compatible(path, state, to_dict(self.cfg.model), self.tokenizer)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -178,29 +172,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_tuple_state(state["rng"]["python"]))
+        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
-
-    def read_resume_checkpoint(self, path: str) -> tuple[Path | None, dict | None]:
-        """The checkpoint to resume from; for 'auto', the newest readable one (None: start afresh)."""
-        if path != "auto":
-            try:
-                return Path(path), ckpt.load_checkpoint(path)
-            except (FileNotFoundError, RuntimeError) as e:
-                raise UsageError(f"{e}; pass another --resume checkpoint or --resume auto") from None
-        found = ckpt.list_checkpoints(self.out / "checkpoints")
-        for newer, candidate in zip([None] + found[::-1], found[::-1]):
-            try:
-                state = ckpt.load_checkpoint(candidate)
-            except RuntimeError as e:
-                self.log_line(f"warning: {e}; trying the previous checkpoint")
-                continue
-            if newer is not None:
-                self.log_line(f"warning: falling back to {candidate} (newer checkpoints are unreadable)")
-            return candidate, state
-        if found:
-            raise UsageError(f"no readable checkpoint in {self.out / 'checkpoints'} ({len(found)} unreadable); "
-                             "resume from another file with --resume PATH")
-        return None, None
 
     # ------------------------------------------------------------------ train_step
     def micro_batches(self):
@@ -216,27 +189,12 @@ class Trainer:
             for batch in loader:
                 p.batches_in_epoch += 1
                 if batch.dropped:
-                    self.count_skips(batch.dropped)
+                    p.skipped_utterances += batch.dropped
+                    self.skips.attribute(batch.dropped)
                 if len(batch) > 0:
                     yield batch
             self.progress.epoch += 1
             self.progress.batches_in_epoch = 0
-
-    def count_skips(self, dropped: int) -> None:
-        """Attribute ``dropped`` utterances to reasons (the dataset's counter, in this process)."""
-        now = Counter(self.train_set.skipped)
-        new = now - getattr(self, "_skips_seen", Counter())
-        self._skips_seen = now
-        if sum(new.values()) < dropped:  # decoded in a DataLoader worker: its counter is not ours
-            new["unreadable or unusable (in a DataLoader worker)"] += dropped - sum(new.values())
-        reasons = self.progress.skipped_reasons
-        for reason, n in new.items():
-            if reason not in reasons:
-                where = self.train_set.first_skipped.get(reason, "a DataLoader worker")
-                self.log_line(f"warning: skipping training utterances: {reason} (first at {where}); "
-                              "all skips are counted and reported at the end")
-            reasons[reason] = reasons.get(reason, 0) + n
-        self.progress.skipped_utterances += dropped
 
     def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Speed, then gain, per utterance, drawn from ``gen`` (see asrlib/data/augment.py)."""
@@ -353,7 +311,7 @@ class Trainer:
         t0, seconds0 = time.perf_counter(), self.progress.audio_seconds
         self.last_save = time.monotonic()
         with GracefulStop(announce=self.rank == 0) as stop:
-            while self.progress.step < tc.max_steps and not self.stop_requested(stop):
+            while self.progress.step < tc.max_steps and not stop.any_rank(self.world, self.device):
                 self.loop_step(stream, bar, t0, seconds0)
         if stop.requested:
             self.stopped_by = stop.name
@@ -362,29 +320,10 @@ class Trainer:
                           f"Continue with: {self.resume_command}")
         if bar:
             bar.close()
-        self.report_skips()
+        self.log_line(skip_summary(self.progress.skipped_utterances, self.progress.skipped_reasons))
         if self.logger:
             self.logger.close()
         return self.progress
-
-    def stop_requested(self, stop: GracefulStop) -> bool:
-        """Whether any rank got SIGINT/SIGTERM (all ranks must stop after the same step)."""
-        if self.world == 1:
-            return stop.requested
-        flag = torch.tensor([float(stop.signum or 0)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0 and not stop.requested:
-            stop.signum = int(flag.item())
-        return stop.requested
-
-    def report_skips(self) -> None:
-        p = self.progress
-        if not p.skipped_utterances:
-            self.log_line("skipped training utterances: none")
-            return
-        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(p.skipped_reasons.items(), key=lambda x: -x[1]))
-        self.log_line(f"skipped training utterances: {p.skipped_utterances} ({parts}); run "
-                      "`asrlib manifest check` on the training manifest to list them")
 
     def loop_step(self, stream, bar, t0: float, seconds0: float) -> None:
         """One optimiser step, then logging, evaluation and the checkpoints that fall due."""
@@ -465,7 +404,7 @@ def resume_command(args: argparse.Namespace) -> str:
     return f"asrlib train --config {args.config}{sets} --resume auto"
 
 
-@report_usage_errors("train", TokenizerError)
+@report_usage_errors("train", TokenizerError, ManifestError, DataError)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides) + ([f"trainer.resume={args.resume}"] if args.resume else [])
