@@ -40,6 +40,14 @@ def stream_file(rec, wave: np.ndarray, sample_rate: int, piece_samples: int, out
 
 
 def main(argv: list[str] | None = None) -> int:
+    from asrlib.audio import AudioError
+    from asrlib.errors import report_usage_errors
+    from asrlib.tokenizer import TokenizerError
+
+    return report_usage_errors("transcribe", TokenizerError, FileNotFoundError, AudioError)(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib transcribe", description="Print the text of audio files.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training checkpoint (.pt) or exported model folder")

@@ -120,3 +120,25 @@ def test_the_tokenizer_travels_with_the_checkpoint(trained, tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(folder), "--manifest", str(manifest)]) == 2
     line = one_error_line(capsys.readouterr().err, "evaluate")
     assert str(folder) in line and "--tokenizer" in line
+
+
+def test_compare_stream_json_never_overwrites(trained, tmp_path, capsys):
+    from asrlib import compare
+
+    audio = str(DIGITS / json.loads((DIGITS / "train.jsonl").read_text().splitlines()[0])["audio_filepath"])
+    mine = tmp_path / "notes.json"
+    mine.write_text("my own notes\n")
+    base = ["--checkpoint", str(trained[1]), "--audio", audio]
+    assert compare.main(base + ["--json", str(mine)]) == 2
+    assert "--force" in one_error_line(capsys.readouterr().err, "compare-stream")
+    assert mine.read_text() == "my own notes\n"
+    compare.main(base + ["--json", str(mine), "--force"])
+    assert json.loads(mine.read_text())["audio"] == audio
+
+
+def test_transcribe_uses_the_checkpoints_own_tokenizer(trained, capsys):
+    from asrlib import transcribe
+
+    audio = str(DIGITS / json.loads((DIGITS / "train.jsonl").read_text().splitlines()[0])["audio_filepath"])
+    assert transcribe.main(["--checkpoint", str(trained[0]), audio]) == 0  # its tokenizer folder is gone
+    assert capsys.readouterr().out.startswith(audio)

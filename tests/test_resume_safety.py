@@ -64,3 +64,22 @@ def test_rotation_keeps_later_steps(tmp_path):
     ckpt.rotate(tmp_path, keep_last=2, up_to_step=3)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002.pt", "step-00000003.pt",
                                                                  "step-00000009.pt"]
+
+
+def test_resume_with_another_tokenizer_is_one_line(run_of_4, tmp_path, capsys):
+    import json
+
+    from asrlib.tokenizer import Tokenizer, train_tokenizer
+
+    out, train = run_of_4
+    texts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
+             "sphinx of black quartz judge my vow", "how vexingly quick daft zebras jump"]
+    m = tmp_path / "other.jsonl"
+    m.write_text("".join(json.dumps({"audio_filepath": "x.wav", "text": t, "duration": 1.0}) + "\n" for t in texts))
+    other = train_tokenizer(m, 32, "bpe", tmp_path / "other")
+    assert Tokenizer(other).vocab_size == 32  # same size: only the pieces differ
+    capsys.readouterr()
+    argv = train_argv(out, train, None, "trainer.max_steps=6", f"tokenizer.tokenizer_path={other.parent}")
+    assert cli.main(argv + ["--resume", "auto"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "another tokenizer" in line and str(other) in line
