@@ -164,12 +164,15 @@ class Trainer:
         if path is None:
             return
         check_compatible(path, state, to_dict(self.cfg.model), self.tokenizer)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
-        self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.progress = Progress(**state["progress"])
+            self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"cannot resume from {path}: {str(e).strip().splitlines()[0]}") from None
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_tuple_state(state["rng"]["python"]))
         self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)

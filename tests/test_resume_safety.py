@@ -83,3 +83,12 @@ def test_resume_with_another_tokenizer_is_one_line(run_of_4, tmp_path, capsys):
     assert cli.main(argv + ["--resume", "auto"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "another tokenizer" in line and str(other) in line
+
+
+def test_resume_with_other_data_is_one_line(run_of_4, tmp_path, capsys):
+    out, _ = run_of_4
+    other = make_manifest(tmp_path, SHORT[:2], "other.jsonl")  # the sampler was saved for 3 utterances
+    capsys.readouterr()
+    assert cli.main(train_argv(out, other, None, "trainer.max_steps=6") + ["--resume", "auto"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot resume" in line and "same data" in line
