@@ -3,8 +3,8 @@
 - A training checkpoint is one ``.pt`` file holding only tensors and plain data (model,
   optimiser, scheduler and scaler state, sampler position, RNG states, step, the resolved
   config, the tokenizer path, and the tokenizer itself: the SentencePiece model's bytes as a
-  uint8 tensor with their sha256, so a checkpoint decodes without the original folder). It is loaded with ``torch.load(weights_only=True)``: a
-  checkpoint never runs code.
+  uint8 tensor with their sha256, so a checkpoint decodes without the original folder). It is
+  loaded with ``torch.load(weights_only=True)``: a checkpoint never runs code.
 - Writes are atomic: a temporary file in the same folder, flushed and fsync'ed, then renamed
   over the target. A process killed mid-save leaves the previous checkpoint intact.
 - Exported weights (for inference, ``models/…``) are a folder: ``model.safetensors``,

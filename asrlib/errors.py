@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -36,11 +37,10 @@ def report_usage_errors(command: str, *more: type[BaseException]):
 
 def refuse_existing_file(path, force: bool, inputs=(), flag: str = "--json") -> None:
     """Refuse to write ``path`` when it exists (unless ``force``) or is one of ``inputs`` (always)."""
-    from pathlib import Path
-
     path = Path(path)
     for given in inputs:
         if Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
             raise UsageError(f"{flag} {path} is one of this command's inputs; choose another file for the report")
     if path.exists() and not force:
-        raise UsageError(f"{flag} {path} already exists; refusing to overwrite it (choose another file or pass --force)")
+        raise UsageError(f"{flag} {path} already exists; refusing to overwrite it "
+                         "(choose another file or pass --force)")

@@ -41,13 +41,13 @@ from asrlib.data.skips import SkipTally, summary as skip_summary
 from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
-from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
-from asrlib.stopping import GracefulStop
 from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
 from asrlib.resume import check_compatible, find_checkpoint
+from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
+from asrlib.stopping import GracefulStop
 from asrlib.tokenizer import Tokenizer, TokenizerError
 
 
@@ -93,7 +93,9 @@ class Trainer:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         elif cfg.model.vocab_size != self.tokenizer.vocab_size:
             raise UsageError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
-                             f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces")
+                             f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces; set "
+                             "model.vocab_size = 0 to take the tokenizer's, or point tokenizer.tokenizer_path at "
+                             "the right one")
         td, vd = cfg.train_dataset, cfg.validation_dataset
         sr = cfg.model.frontend.sample_rate
         entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,

@@ -7,7 +7,6 @@ training reports the utterances it skipped, by reason.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import namedtuple
 
 import pytest
