@@ -2,12 +2,17 @@
 
 - A training checkpoint is one ``.pt`` file holding only tensors and plain data (model,
   optimiser, scheduler and scaler state, sampler position, RNG states, step, the resolved
-  config and the tokenizer path). It is loaded with ``torch.load(weights_only=True)``: a
-  checkpoint never runs code.
+  config, the tokenizer path, and the tokenizer itself: the SentencePiece model's bytes as a
+  uint8 tensor with their sha256, so a checkpoint decodes without the original folder). It is
+  loaded with ``torch.load(weights_only=True)``: a checkpoint never runs code.
 - Writes are atomic: a temporary file in the same folder, flushed and fsync'ed, then renamed
   over the target. A process killed mid-save leaves the previous checkpoint intact.
 - Exported weights (for inference, ``models/…``) are a folder: ``model.safetensors``,
-  ``config.json`` (the ModelConfig) and ``tokenizer.model``.
+  ``config.json`` (the ModelConfig and the tokenizer's sha256) and ``tokenizer.model``.
+- ``load_model_and_tokenizer`` returns a model with *its* tokenizer; a tokenizer given on the
+  command line must be the same file (same sha256) or it is a one-line error.
+- Rotation deletes only checkpoints up to the current step: files of a later step (another
+  run's, or the future of a run resumed from an earlier checkpoint) are never touched.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -79,30 +83,75 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def rotate(folder: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` step checkpoints (``best.pt`` is separate)."""
-    for p in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
+def rotate(folder: str | Path, keep_last: int, up_to_step: int | None = None) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (``best.pt`` is separate).
+
+    Only checkpoints of step <= ``up_to_step`` are candidates (None: all).
+    """
+    mine = [p for p in list_checkpoints(folder) if up_to_step is None or _step(p) <= up_to_step]
+    for p in mine[:-keep_last] if keep_last > 0 else []:
         p.unlink(missing_ok=True)
 
 
-def export_weights(model: HybridASR, out_dir: str | Path, tokenizer_path: str | Path | None = None) -> Path:
+def _step(path: Path) -> int:
+    return int(_STEP_RE.match(path.name).group(1))
+
+
+def tokenizer_state(tokenizer) -> dict:
+    """The checkpoint entries that carry a tokenizer: its path, bytes and sha256."""
+    return {"tokenizer_path": str(tokenizer.path),
+            "tokenizer_model": torch.frombuffer(bytearray(tokenizer.proto), dtype=torch.uint8),
+            "tokenizer_sha256": tokenizer.sha256}
+
+
+def tokenizer_from_state(state: dict, where: str | Path):
+    """The tokenizer stored in a checkpoint (None for a checkpoint without one); checks the hash."""
+    from asrlib.tokenizer import Tokenizer, TokenizerError
+
+    if "tokenizer_model" not in state:
+        return None
+    tok = Tokenizer.from_bytes(state["tokenizer_model"].numpy().tobytes(), f"{where} (stored tokenizer)")
+    if tok.sha256 != state.get("tokenizer_sha256"):
+        raise TokenizerError(f"{where}: the stored tokenizer does not match its sha256; the checkpoint is damaged")
+    return tok
+
+
+def model_mismatch(saved: dict, now: dict, prefix: str = "model") -> str | None:
+    """The first config key whose value differs, as ``key: saved X, now Y`` (None if equal)."""
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = model_mismatch(a, b, f"{prefix}.{key}")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}.{key} = {a!r} in the checkpoint, {b!r} now"
+    return None
+
+
+def export_weights(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
     """Write an inference folder: model.safetensors + config.json (+ tokenizer.model)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "asrlib"})
-    write_config_and_tokenizer(model, out, tokenizer_path)
+    write_config_and_tokenizer(model, out, tokenizer)
     return out
 
 
-def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer_path: str | Path | None) -> None:
-    """``config.json`` (the ModelConfig) and a copy of ``tokenizer.model`` beside a model's files."""
-    (out / "config.json").write_text(json.dumps({"model": to_dict(model.cfg)}, indent=2) + "\n")
-    if tokenizer_path:
-        src = Path(tokenizer_path)
-        src = src / "tokenizer.model" if src.is_dir() else src
-        if src.resolve() != (out / "tokenizer.model").resolve():
-            shutil.copyfile(src, out / "tokenizer.model")
+def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer=None) -> None:
+    """``config.json`` (the ModelConfig, the tokenizer's sha256) and ``tokenizer.model`` beside a model.
+
+    ``tokenizer``: a Tokenizer, or the path of a tokenizer folder / .model file, or None.
+    """
+    from asrlib.tokenizer import Tokenizer
+
+    tok = Tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    meta = {"model": to_dict(model.cfg)}
+    if tok is not None:
+        meta["tokenizer_sha256"] = tok.sha256
+        tok.save(out / "tokenizer.model")
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HybridASR, Path | None]:
@@ -127,3 +176,39 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Hy
         model.load_state_dict(ck["model"])
         tok_path = Path(ck["tokenizer_path"]) if ck.get("tokenizer_path") else None
     return model.to(device).eval(), tok_path
+
+
+def load_model_and_tokenizer(path: str | Path, tokenizer: str | Path | None = None,
+                             device: str | torch.device = "cpu"):
+    """(model in eval mode, its Tokenizer) from a checkpoint or an exported folder.
+
+    ``tokenizer`` (e.g. ``--tokenizer``) is optional; when the model carries its own, the given
+    one must be the same file (sha256), else a TokenizerError says so in one line.
+    """
+    from asrlib.tokenizer import Tokenizer, TokenizerError
+
+    path = Path(path)
+    model, tok_path = load_model(path, device)
+    if path.is_dir():
+        own = Tokenizer(tok_path) if tok_path else None
+        expected = json.loads((path / "config.json").read_text()).get("tokenizer_sha256")
+        if own is not None and expected and own.sha256 != expected:
+            raise TokenizerError(f"{tok_path} is not the tokenizer this model was exported with (sha256 "
+                                 f"{own.sha256[:12]} vs {expected[:12]} in config.json); restore its tokenizer.model")
+    else:
+        own = tokenizer_from_state(load_checkpoint(path), path)
+        if own is None and tok_path is not None and tok_path.exists():
+            own = Tokenizer(tok_path)  # an older checkpoint: only the path was stored
+    if tokenizer is not None:
+        given = Tokenizer(tokenizer)
+        if own is not None and given.sha256 != own.sha256:
+            raise TokenizerError(f"--tokenizer {tokenizer} is not the tokenizer {path} was trained with (sha256 "
+                                 f"{given.sha256[:12]} vs {own.sha256[:12]}); drop --tokenizer to use the model's own")
+        own = given
+    if own is None:
+        raise TokenizerError(f"{path} carries no tokenizer (no tokenizer.model); pass --tokenizer with the one it "
+                             "was trained with")
+    if own.vocab_size != model.cfg.vocab_size:
+        raise TokenizerError(f"the tokenizer {own.path} has {own.vocab_size} pieces but {path} has vocab_size "
+                             f"{model.cfg.vocab_size}; pass the tokenizer the model was trained with")
+    return model, own

@@ -22,6 +22,7 @@ import torch
 
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
 from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
+from asrlib.errors import refuse_existing_file, report_usage_errors
 from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import StreamingRecognizer
 
@@ -81,16 +82,20 @@ def compare_stream(model: HybridASR, wave: np.ndarray, piece_samples: int = 1600
     }
 
 
+@report_usage_errors("compare-stream", FileNotFoundError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib compare-stream", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported model folder")
     p.add_argument("--audio", required=True, action="append", help="audio file (repeatable)")
     p.add_argument("--piece-samples", type=int, default=1600, help="samples per accept_waveform call; 0 = whole file")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs encoder difference counted as equal")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write the report here (a new file)")
+    p.add_argument("--force", action="store_true", help="let --json replace an existing file")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
     args = p.parse_args(argv)
+    if args.json:
+        refuse_existing_file(args.json, args.force, [*args.audio, args.checkpoint])
     torch.set_num_threads(args.threads)
 
     from asrlib.audio import load_audio

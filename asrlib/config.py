@@ -191,6 +191,7 @@ class TrainerConfig:
     resume: str = ""  # "" | "auto" | path to a checkpoint
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
+    save_every_minutes: float = 30.0  # also checkpoint when this long passed since the last save; 0 = off
 
 
 @dataclass

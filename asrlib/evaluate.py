@@ -1,13 +1,17 @@
 """``asrlib evaluate``: WER/CER of a checkpoint on a manifest, offline or streaming.
 
     asrlib evaluate --checkpoint CK --manifest M [--decoder ctc_greedy|ctc_beam|rnnt_greedy|rnnt_beam]
-                    [--beam 4] [--stream] [--piece-samples N] [--json OUT]
+                    [--beam 4] [--stream] [--piece-samples N] [--json OUT [--force]]
 
 CK is a training checkpoint (``.pt``) or an exported model folder. ``--stream`` decodes every
 utterance through :class:`asrlib.streaming.StreamingRecognizer`, fed ``--piece-samples`` at a
 time; it must give the same WER as offline decoding (the central property of asrlib).
 The JSON report has ``wer`` and ``cer`` (fractions), ``num_utterances``, ``rtf`` (processing
-seconds per audio second) and per-utterance results.
+seconds per audio second), per-utterance results and ``skipped``: every manifest line left out
+of the WER (bad line, missing or unreadable audio), counted by reason with its first
+``manifest:line``; a corrupt file is skipped, not fatal. A manifest with no usable line is an
+error, never "WER 0 %". ``--json`` never replaces an existing file unless ``--force``, and never
+an input.
 """
 
 from __future__ import annotations
@@ -21,18 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrlib.audio import load_audio
-from asrlib.checkpoint import load_model
+from asrlib.audio import AudioError, load_audio
+from asrlib.checkpoint import load_model_and_tokenizer
 from asrlib.config import Config
 from asrlib.data.dataset import AudioDataset, BucketBatchSampler
-from asrlib.data.manifest import read_manifest
+from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.metrics import error_report, wer
 from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import StreamingRecognizer
-from asrlib.tokenizer import Tokenizer
+from asrlib.errors import UsageError, refuse_existing_file, report_usage_errors
+from asrlib.tokenizer import Tokenizer, TokenizerError
 
 DECODERS = ("ctc_greedy", "ctc_beam", "rnnt_greedy", "rnnt_beam")
 
@@ -76,12 +81,22 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
     if stream and decoder not in ("rnnt_greedy", "ctc_greedy"):
         raise ValueError(f"--stream supports rnnt_greedy and ctc_greedy, not {decoder}")
     entries, report = read_manifest(manifest, strict=False)
+    if not entries:
+        raise UsageError(f"{manifest} has no usable utterance ({report.summary()}); check it with "
+                         "`asrlib manifest check`")
     sr = model.cfg.frontend.sample_rate
     refs, hyps, ids = [], [], []
     audio_seconds, compute_seconds = 0.0, 0.0
     for start in range(0, len(entries), batch_size):
-        batch = entries[start : start + batch_size]
-        waves = [load_audio(e.audio_filepath, sr, e.offset, e.duration if e.offset > 0 else None) for e in batch]
+        batch, waves = [], []
+        for e in entries[start : start + batch_size]:
+            try:
+                waves.append(load_audio(e.audio_filepath, sr, e.offset, e.duration if e.offset > 0 else None))
+                batch.append(e)
+            except AudioError:
+                report.drop("unreadable audio", e.where)
+        if not batch:
+            continue
         t0 = time.perf_counter()
         if stream:
             results = [decode_streaming(model, w, decoder, piece_samples, tokenizer, device) for w in waves]
@@ -92,10 +107,22 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
         refs += [e.text for e in batch]
         hyps += [r.text for r in results]
         ids += [e.where for e in batch]
+    if not refs:
+        raise UsageError(f"{manifest}: no utterance could be read ({report.summary()})")
     out = error_report(refs, hyps, ids)
     out.update(rtf=compute_seconds / max(audio_seconds, 1e-9), decoder=decoder, stream=stream,
-               manifest=str(manifest), audio_seconds=audio_seconds, skipped_lines=report.total_dropped)
+               manifest=str(manifest), audio_seconds=audio_seconds, skipped_lines=report.total_dropped,
+               skipped={"total": report.total_dropped, "reasons": dict(report.dropped), "first": dict(report.first)})
     return out
+
+
+def skipped_line(r: dict) -> str:
+    """``skipped 2 lines: 1 audio file not found (first at m:3), …`` (or ``skipped none``)."""
+    s = r["skipped"]
+    if not s["total"]:
+        return "skipped none"
+    parts = ", ".join(f"{n} {reason} (first at {s['first'][reason]})" for reason, n in s["reasons"].items())
+    return f"skipped {s['total']} lines, left out of the WER: {parts}"
 
 
 @torch.no_grad()
@@ -133,6 +160,7 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
     return result
 
 
+@report_usage_errors("evaluate", TokenizerError, ManifestError, FileNotFoundError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib evaluate", description="WER/CER of a checkpoint on a manifest.")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported model folder")
@@ -143,13 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--piece-samples", type=int, default=1600, help="samples fed per call when streaming")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder/model (default: the checkpoint's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--json", default=None, help="write the full report here (a new file)")
+    p.add_argument("--force", action="store_true", help="let --json replace an existing file")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, tok_path = load_model(args.checkpoint, args.device)
-    tokenizer = Tokenizer(args.tokenizer or tok_path)
+    if args.json:  # before any work: a refusal should not cost a whole evaluation
+        refuse_existing_file(args.json, args.force, [*args.manifest, args.checkpoint])
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.device)
     reports = []
     for manifest in args.manifest:
         r = evaluate_manifest(model, tokenizer, manifest, args.decoder, args.beam, args.stream, args.piece_samples,
@@ -157,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(r)
         print(f"{Path(manifest).name}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  "
               f"utterances {r['num_utterances']}  RTF {r['rtf']:.4f}  ({args.decoder}{', streaming' if args.stream else ''})")
+        if r["skipped"]["total"]:
+            print(f"{Path(manifest).name}: warning: {skipped_line(r)}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2) + "\n")
     return 0

@@ -15,6 +15,9 @@ DIR receives:
 * ``joint.onnx`` - enc (B, De), pred (B, Dp) -> logits (B, V + 1) (both projections inside).
 * ``config.json`` (``{"model": ModelConfig}``, as in exported weights) and ``tokenizer.model``.
 
+DIR must be new or empty: a folder holding anything is refused unless ``--force`` (it may hold a
+user's own ``config.json`` or ``tokenizer.model``).
+
 Every .onnx file carries the ModelConfig as JSON in its metadata (key ``asrlib_model_config``)
 and the streaming constants (hop, context, chunk_samples, blank, state names) under
 ``asrlib_streaming``; a file alone rebuilds its model's description. The batch axis is dynamic
@@ -180,7 +183,7 @@ def _export_one(module: nn.Module, args: tuple, path: Path, inputs: list[str], o
     onnx.save(proto, str(path))
 
 
-def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer_path: str | Path | None = None) -> Path:
+def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
     """Write the three ONNX graphs, config.json and tokenizer.model to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,7 @@ def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer_path: str | Pat
     _export_one(JointStep(m), (enc, pred), out / FILES[2], ["enc", "pred"], ["logits"],
                 {n: batch for n in ("enc", "pred", "logits")}, meta)
 
-    write_config_and_tokenizer(model, out, tokenizer_path)
+    write_config_and_tokenizer(model, out, tokenizer)
     return out
 
 
@@ -289,33 +292,40 @@ def verify(model: HybridASR, onnx_dir: str | Path, tokenizer=None, audio: str | 
 
 
 # --------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
+def _refuse_nonempty(out: Path, force: bool) -> None:
+    from asrlib.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose a new folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+        raise UsageError(f"--out {out} already holds files ({shown}); choose a new or empty folder, "
+                         "or pass --force to overwrite them")
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib export", description="export the streaming step to ONNX")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported model folder")
     p.add_argument("--out", required=True, help="output folder for the .onnx files")
     p.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch on >= 20 chunks")
     p.add_argument("--audio", help="audio file for --verify (default: the bundled digits test set)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing export in --out")
+    p.add_argument("--force", action="store_true", help="write into a folder that already holds files")
     args = p.parse_args(argv)
 
-    from asrlib.checkpoint import load_model
+    from asrlib.checkpoint import load_model, load_model_and_tokenizer
+    from asrlib.tokenizer import TokenizerError
 
     out = Path(args.out)
-    existing = [f for f in FILES if (out / f).exists()]
-    if existing and not args.force:
-        print(f"asrlib export: {out} already holds {', '.join(existing)}; pass --force to overwrite "
-              "or choose another --out", file=sys.stderr)
-        return 1
+    _refuse_nonempty(out, args.force)
+    model, _ = load_model(args.checkpoint)
     try:
-        model, tok_path = load_model(args.checkpoint)
-    except (FileNotFoundError, RuntimeError) as e:
-        print(f"asrlib export: {e}", file=sys.stderr)
-        return 1
-    if tok_path is not None and not Path(tok_path).exists():
-        print(f"asrlib export: warning: tokenizer {tok_path} not found; exporting without tokenizer.model", file=sys.stderr)
-        tok_path = None
+        _, tokenizer = load_model_and_tokenizer(args.checkpoint)
+    except TokenizerError as e:
+        print(f"asrlib export: warning: {e}; exporting without tokenizer.model", file=sys.stderr)
+        tokenizer = None
     t0 = time.perf_counter()
-    export_onnx(model, out, tok_path)
+    export_onnx(model, out, tokenizer)
     print(f"exported {', '.join(FILES)} to {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if not args.verify:
         return 0
@@ -327,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     report = verify(model, out, tokenizer, args.audio)
     print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asrlib.errors import report_usage_errors
+
+    return report_usage_errors("export", FileNotFoundError, RuntimeError)(_main)(argv)
 
 
 if __name__ == "__main__":

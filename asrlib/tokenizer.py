@@ -13,6 +13,7 @@ Shapes: text (str) <-> ids (U,) list[int].
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import sys
 from pathlib import Path
@@ -33,17 +34,40 @@ class TokenizerError(ValueError):
 class Tokenizer:
     """A trained SentencePiece model. ``path``: a folder holding tokenizer.model, or the file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path | None):
+        if path is None:
+            raise TokenizerError("no tokenizer given and the model carries none; pass --tokenizer (a folder holding "
+                                 f"{MODEL_NAME} or the .model file)")
         path = Path(path)
         model = path / MODEL_NAME if path.is_dir() else path
         if not model.is_file():
             raise TokenizerError(f"no tokenizer at {path}: expected {MODEL_NAME} in that folder or a .model file; train one with `asrlib tokenizer train`")
-        self.path = model
+        self._load(model.read_bytes(), model)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str | Path = "<bytes>") -> "Tokenizer":
+        """A tokenizer from the serialised SentencePiece model (as stored in a checkpoint)."""
+        tok = cls.__new__(cls)
+        tok._load(bytes(data), Path(source))
+        return tok
+
+    def _load(self, data: bytes, where: Path) -> None:
+        self.path = where
+        self.proto = data  # the SentencePiece model file's bytes: what travels with a model
         self.sp = spm.SentencePieceProcessor()
         try:
-            self.sp.Load(str(model))
-        except (OSError, RuntimeError) as e:
-            raise TokenizerError(f"{model} is not a SentencePiece model: {e}") from None
+            self.sp.LoadFromSerializedProto(data)
+        except (OSError, RuntimeError, TypeError) as e:
+            raise TokenizerError(f"{where} is not a SentencePiece model: {e}") from None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.proto).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model file (``tokenizer.model``) to ``path``."""
+        Path(path).write_bytes(self.proto)
+        return Path(path)
 
     @property
     def vocab_size(self) -> int:

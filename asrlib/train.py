@@ -1,12 +1,15 @@
 """The trainer: one recipe with named phases, read top to bottom.
 
-    asrlib train --config configs/demo.toml [--set optim.lr=3e-4 …] [--resume auto|PATH]
+    asrlib train --config configs/demo.toml [--set optim.lr=3e-4 …] [--resume auto|PATH] [--force]
     torchrun --nproc_per_node N -m asrlib.train --config …        (DDP; gloo on CPU, NCCL on GPU)
 
 Phases: ``setup`` (devices, data, model, optimiser, logger, resume) -> ``train_step`` (one
 optimiser update, possibly over several accumulated micro-batches) -> ``evaluate`` (losses and
 WER of CTC and RNN-T greedy on the validation manifests) -> ``save_checkpoint`` (atomic; last K
-kept, plus ``best.pt`` by validation WER).
+kept, plus ``best.pt`` by validation WER; also every ``trainer.save_every_minutes`` and on
+SIGINT/SIGTERM, after finishing the step). A new run never reuses a folder holding an earlier
+run (see asrlib/run_folder.py); ``--resume auto`` falls back to the previous checkpoint when the
+newest is unreadable.
 
 Determinism: augmentation draws from a generator seeded by (seed, step), dropout from the
 global torch RNG whose state is checkpointed, and the sampler position is saved, so a resumed
@@ -19,9 +22,10 @@ import argparse
 import math
 import os
 import random
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,15 +35,20 @@ from torch.nn.parallel import DistributedDataParallel
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, load_config, to_dict
 from asrlib.data.augment import gain_perturb, speed_perturb
-from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler
-from asrlib.data.manifest import read_manifest
+from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
+from asrlib.data.manifest import ManifestError, read_manifest
+from asrlib.data.skips import SkipTally, summary as skip_summary
+from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
 from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
-from asrlib.tokenizer import Tokenizer
+from asrlib.resume import check_compatible, find_checkpoint
+from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
+from asrlib.stopping import GracefulStop
+from asrlib.tokenizer import Tokenizer, TokenizerError
 
 
 @dataclass
@@ -51,14 +60,18 @@ class Progress:
     batches_in_epoch: int = 0  # batches of this epoch already consumed (all micro-batches)
     skipped_nonfinite: int = 0  # optimiser steps skipped for a non-finite loss or gradient
     skipped_utterances: int = 0  # unreadable / too short / unencodable utterances dropped
+    skipped_reasons: dict = field(default_factory=dict)  # reason -> count of those utterances
     infeasible: int = 0
     audio_seconds: float = 0.0
     best_wer: float = math.inf
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, force: bool = False, resume_command: str = ""):
         self.cfg = cfg
+        self.force = force  # a new run may move an earlier run in output_dir aside
+        self.resume_command = resume_command or "asrlib train --config <your config> --resume auto"
+        self.stopped_by = ""  # signal name when a SIGINT/SIGTERM ended fit() early
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -73,13 +86,16 @@ class Trainer:
         torch.manual_seed(cfg.trainer.seed)
         random.seed(cfg.trainer.seed)
         self.out = Path(cfg.trainer.output_dir)
+        self.claim_output_dir()
 
         self.tokenizer = Tokenizer(cfg.tokenizer.tokenizer_path)
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         elif cfg.model.vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
-                             f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces")
+            raise UsageError(f"model.vocab_size = {cfg.model.vocab_size} but the tokenizer at "
+                             f"{cfg.tokenizer.tokenizer_path} has {self.tokenizer.vocab_size} pieces; set "
+                             "model.vocab_size = 0 to take the tokenizer's, or point tokenizer.tokenizer_path at "
+                             "the right one")
         td, vd = cfg.train_dataset, cfg.validation_dataset
         sr = cfg.model.frontend.sample_rate
         entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
@@ -90,6 +106,8 @@ class Trainer:
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
                                           sorted_epochs=td.sorted_epochs)
         self.model = build_model(cfg.model).to(self.device)
+        if self.rank == 0:
+            check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
         self.loss_module = HybridLoss(self.model, cfg)
@@ -107,8 +125,12 @@ class Trainer:
         for path in cfg.validation_dataset.validation_manifest:
             ventries, vreport = read_manifest([path], max_duration=vd.max_duration, strict=False)
             self.log_line(f"validation {Path(path).name}: {vreport.summary()}")
+            if not ventries:
+                raise UsageError(f"validation manifest {path} has no usable utterance ({vreport.summary()}); "
+                                 "fix it (asrlib manifest check) or set validation_dataset.validation_manifest = []")
             self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
         self.progress = Progress()
+        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
         self.maybe_resume()
         n = count_parameters(self.model)
@@ -127,24 +149,35 @@ class Trainer:
         self.log_line(f"feature normalisation from {min(n, max_utterances)} utterances: "
                       f"mean {float(mean.mean()):.2f}, std {float(std.mean()):.2f} (averaged over bins)")
 
+    def claim_output_dir(self) -> None:
+        """Refuse (or with --force archive) an earlier run in output_dir; check it is writable."""
+        tc = self.cfg.trainer
+        claim_output_dir(self.out, tc.resume, self.force, self.log_line, move=self.rank == 0)
+        if self.rank == 0:
+            check_writable(self.out)
+        if self.world > 1:
+            dist.barrier()
+
     def maybe_resume(self) -> None:
         path = self.cfg.trainer.resume
         if not path:
             return
-        if path == "auto":
-            found = ckpt.list_checkpoints(self.out / "checkpoints")
-            if not found:
-                return
-            path = found[-1]
-        state = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
-        self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+        path, state = find_checkpoint(path, self.out / "checkpoints", self.log_line)
+        if path is None:
+            return
+        check_compatible(path, state, to_dict(self.cfg.model), self.tokenizer)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.progress = Progress(**state["progress"])
+            self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"cannot resume from {path}: {str(e).strip().splitlines()[0]}") from None
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_tuple_state(state["rng"]["python"]))
+        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
 
     # ------------------------------------------------------------------ train_step
@@ -160,7 +193,9 @@ class Trainer:
             loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **loader_args)
             for batch in loader:
                 p.batches_in_epoch += 1
-                p.skipped_utterances += batch.dropped
+                if batch.dropped:
+                    p.skipped_utterances += batch.dropped
+                    self.skips.attribute(batch.dropped)
                 if len(batch) > 0:
                     yield batch
             self.progress.epoch += 1
@@ -254,14 +289,19 @@ class Trainer:
             "progress": self.progress.__dict__.copy(),
             "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate()))},
             "config": to_dict(self.cfg),
-            "tokenizer_path": str(self.tokenizer.path),
+            **ckpt.tokenizer_state(self.tokenizer),
         }
         folder = self.out / "checkpoints"
-        path = ckpt.atomic_save(state, folder / f"step-{self.progress.step:08d}.pt")
-        ckpt.rotate(folder, self.cfg.trainer.keep_last)
-        if best:
-            ckpt.atomic_save(state, folder / "best.pt")
-            ckpt.export_weights(self.model, self.out / "best_model", self.tokenizer.path)
+        try:
+            path = ckpt.atomic_save(state, folder / f"step-{self.progress.step:08d}.pt")
+            ckpt.rotate(folder, self.cfg.trainer.keep_last, self.progress.step)
+            if best:
+                ckpt.atomic_save(state, folder / "best.pt")
+                ckpt.export_weights(self.model, self.out / "best_model", self.tokenizer)
+        except OSError as e:  # disk full, folder made read-only, …
+            raise UsageError(f"could not write a checkpoint to {folder}: {e.strerror or e}; free space or fix the "
+                             f"folder, then continue with: {self.resume_command}") from None
+        self.last_save = time.monotonic()
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -274,30 +314,45 @@ class Trainer:
 
             bar = tqdm(total=tc.max_steps, initial=self.progress.step, desc="train", dynamic_ncols=True)
         t0, seconds0 = time.perf_counter(), self.progress.audio_seconds
-        while self.progress.step < tc.max_steps:
-            values = self.train_step([next(stream) for _ in range(self.cfg.optim.accumulate)])
-            step = self.progress.step
-            speed = (self.progress.audio_seconds - seconds0) * self.world / max(time.perf_counter() - t0, 1e-9)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
-            if self.logger and (step % tc.log_every == 0 or step == 1):
-                self.logger.log(step, "train", {**values, "audio_seconds_per_second": speed})
-            if step % tc.eval_every == 0 or step == tc.max_steps:
-                metrics = self.evaluate() if self.val_sets else {}
-                score = _primary_wer(metrics)
-                is_best = score < self.progress.best_wer
-                if is_best:
-                    self.progress.best_wer = score
-                if self.logger:
-                    self.logger.log(step, "valid", metrics)
-                self.log_line(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                self.save_checkpoint(best=is_best)
+        self.last_save = time.monotonic()
+        with GracefulStop(announce=self.rank == 0) as stop:
+            while self.progress.step < tc.max_steps and not stop.any_rank(self.world, self.device):
+                self.loop_step(stream, bar, t0, seconds0)
+        if stop.requested:
+            self.stopped_by = stop.name
+            path = self.save_checkpoint()
+            self.log_line(f"stopped by {stop.name} at step {self.progress.step}; saved {path or 'a checkpoint'}. "
+                          f"Continue with: {self.resume_command}")
         if bar:
             bar.close()
+        self.log_line(skip_summary(self.progress.skipped_utterances, self.progress.skipped_reasons))
         if self.logger:
             self.logger.close()
         return self.progress
+
+    def loop_step(self, stream, bar, t0: float, seconds0: float) -> None:
+        """One optimiser step, then logging, evaluation and the checkpoints that fall due."""
+        tc = self.cfg.trainer
+        values = self.train_step([next(stream) for _ in range(self.cfg.optim.accumulate)])
+        step = self.progress.step
+        speed = (self.progress.audio_seconds - seconds0) * self.world / max(time.perf_counter() - t0, 1e-9)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
+        if self.logger and (step % tc.log_every == 0 or step == 1):
+            self.logger.log(step, "train", {**values, "audio_seconds_per_second": speed})
+        if step % tc.eval_every == 0 or step == tc.max_steps:
+            metrics = self.evaluate() if self.val_sets else {}
+            score = _primary_wer(metrics)
+            is_best = score < self.progress.best_wer
+            if is_best:
+                self.progress.best_wer = score
+            if self.logger:
+                self.logger.log(step, "valid", metrics)
+            self.log_line(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self.save_checkpoint(best=is_best)
+        elif tc.save_every_minutes > 0 and time.monotonic() - self.last_save >= 60 * tc.save_every_minutes:
+            self.save_checkpoint()
 
     def log_line(self, text: str) -> None:
         if self.rank == 0:
@@ -343,18 +398,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", default=None, help="'auto' (latest in output_dir) or a checkpoint path")
+    p.add_argument("--force", action="store_true", help="start a new run in an output_dir that holds an earlier "
+                   "run, after moving that run to <output_dir>/earlier-runs/<time>/ (nothing is deleted)")
     return p.parse_args(argv)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same config and overrides, --resume auto."""
+    sets = "".join(f" --set {o}" for o in args.overrides)
+    return f"asrlib train --config {args.config}{sets} --resume auto"
+
+
+@report_usage_errors("train", TokenizerError, ManifestError, DataError)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides) + ([f"trainer.resume={args.resume}"] if args.resume else [])
     cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, force=args.force, resume_command=resume_command(args))
     trainer.setup()
     trainer.fit()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if trainer.stopped_by:
+        return 128 + int(getattr(signal, trainer.stopped_by))
     return 0
 
 

@@ -40,6 +40,14 @@ def stream_file(rec, wave: np.ndarray, sample_rate: int, piece_samples: int, out
 
 
 def main(argv: list[str] | None = None) -> int:
+    from asrlib.audio import AudioError
+    from asrlib.errors import report_usage_errors
+    from asrlib.tokenizer import TokenizerError
+
+    return report_usage_errors("transcribe", TokenizerError, FileNotFoundError, AudioError)(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib transcribe", description="Print the text of audio files.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training checkpoint (.pt) or exported model folder")
@@ -65,13 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         sr = json.loads((Path(args.onnx) / "config.json").read_text())["model"]["frontend"]["sample_rate"]
         args.stream = True
     else:
-        from asrlib.checkpoint import load_model
+        from asrlib.checkpoint import load_model_and_tokenizer
         from asrlib.evaluate import decode_offline
         from asrlib.streaming import StreamingRecognizer
-        from asrlib.tokenizer import Tokenizer
 
-        model, tok_path = load_model(args.checkpoint, args.device)
-        tokenizer = Tokenizer(tok_path)
+        model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
         sr = model.cfg.frontend.sample_rate
         make_rec = lambda: StreamingRecognizer(model, tokenizer, decoder=args.decoder, device=args.device)  # noqa: E731
 

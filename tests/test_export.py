@@ -226,7 +226,7 @@ def test_cli_export_verify_and_no_overwrite(model, tmp_path, capsys):
     assert report["max_abs_diff"] <= TOL and report["tokens_equal"] and report["text_equal"]
     assert report["ok"] is True and report["num_tokens"] > 0
     before = (out / "joint.onnx").stat().st_mtime_ns
-    assert main(["--checkpoint", str(weights), "--out", str(out)]) == 1  # refuses to overwrite
+    assert main(["--checkpoint", str(weights), "--out", str(out)]) == 2  # refuses to overwrite (a user mistake: exit status 2)
     assert "--force" in capsys.readouterr().err
     assert (out / "joint.onnx").stat().st_mtime_ns == before
 
@@ -236,3 +236,18 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         OnnxStreamingBackend(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="encoder_step.onnx"):
         OnnxStreamingBackend(tmp_path)
+
+
+def test_cli_export_refuses_a_folder_holding_user_files(model, tmp_path, capsys):
+    """--out into a folder with the user's own config.json / tokenizer.model overwrites nothing."""
+    weights = export_weights(model, tmp_path / "model", TOKENIZER)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text("my config\n")
+    (out / "tokenizer.model").write_text("my tokenizer\n")
+    assert main(["--checkpoint", str(weights), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("asrlib export: error: ") and str(out) in err[-1] and "--force" in err[-1]
+    assert (out / "config.json").read_text() == "my config\n"
+    assert (out / "tokenizer.model").read_text() == "my tokenizer\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "tokenizer.model"]

@@ -154,3 +154,20 @@ def test_check_cli_offset_segments(tmp_path, capsys):
     assert manifest_check.main(["check", str(m)]) == 1
     err = capsys.readouterr().err
     assert f"{m}:2: offset 1.5 s + duration 1 s runs past" in err and f"{m}:1" not in err
+
+
+def test_byte_order_mark_keeps_the_first_line(tiny_manifest):
+    """A manifest saved 'UTF-8 with BOM' (Windows editors) loses no line."""
+    text = tiny_manifest.read_text(encoding="utf-8")
+    tiny_manifest.write_text(text, encoding="utf-8-sig")
+    entries, report = read_manifest(tiny_manifest)
+    assert report.total_dropped == 0 and len(entries) == len(text.splitlines())
+    assert entries[0].line == 1
+    assert manifest_check.main(["check", str(tiny_manifest)]) == 0
+
+
+def test_check_fails_on_an_empty_manifest(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert manifest_check.main(["check", str(empty)]) == 1
+    assert "empty manifest" in capsys.readouterr().err

@@ -43,6 +43,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.strict = strict
         self.min_samples = int(round(FRAME_SECONDS * sample_rate))
         self.skipped: Counter = Counter()  # reason -> count (in this process)
+        self.first_skipped: dict[str, str] = {}  # reason -> manifest:line of its first case
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -51,6 +52,7 @@ class AudioDataset(torch.utils.data.Dataset):
         if self.strict:
             raise DataError(f"{entry.where}: {detail}. Fix or remove this line, or set strict = false to skip it.")
         self.skipped[reason] += 1
+        self.first_skipped.setdefault(reason, entry.where)
 
     def __getitem__(self, i: int):
         entry = self.entries[i]

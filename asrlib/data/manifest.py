@@ -7,7 +7,7 @@
 ``offset`` is optional: when present the line is a segment of the file,
 [offset, offset + duration) (NeMo's convention); otherwise the whole file is the utterance
 and ``duration`` is only used for bucketing and filtering. Other keys are ignored. Blank lines are
-skipped.
+skipped. A UTF-8 byte-order mark (as some Windows editors write) is accepted.
 
 A bad line (malformed JSON, a missing key, a duration that is not a positive number, an
 empty text, an audio file that does not exist) is, in strict mode, a ``ManifestError``
@@ -135,7 +135,7 @@ def iter_lines(manifest: str | Path) -> Iterator[tuple[int, str]]:
     if not manifest.is_file():
         raise ManifestError(f"manifest not found: {manifest}")
     try:
-        with open(manifest, encoding="utf-8") as f:
+        with open(manifest, encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
             for number, raw in enumerate(f, start=1):
                 if raw.strip():
                     yield number, raw

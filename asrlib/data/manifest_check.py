@@ -4,7 +4,7 @@ For each line: the JSON and keys are checked as the trainer reads them, the audi
 its real length is compared with the stated ``duration`` (tolerance: the larger of 0.05 s and
 2 %), and audio shorter than one STFT window (25 ms) is flagged. A summary follows: lines ok,
 lines bad (each named ``manifest:line`` with its reason), hours of audio. The exit status
-is 1 when anything is bad. ``--strict`` stops at the first bad line.
+is 1 when anything is bad, including a manifest with no line at all. ``--strict`` stops at the first bad line.
 
 Shapes: none (command-line tool).
 """
@@ -63,6 +63,11 @@ def check_manifests(manifests: list[str | Path], stop_at_first: bool = False) ->
             if stop_at_first:
                 return result
             continue
+        if not lines:
+            result.bad.append((str(manifest), "empty manifest: no utterance lines (each line needs audio_filepath, "
+                                              "text, duration)"))
+            if stop_at_first:
+                return result
         for number, raw in lines:
             try:
                 result.seconds += check_line(raw, manifest, number)

@@ -1,0 +1,46 @@
+"""User mistakes: one exception type and the one-line, exit-status-2 report every command uses.
+
+A ``UsageError`` is something the user can fix (a path, a flag, a folder that already holds
+work). ``report_usage_errors`` turns it into ``asrlib <command>: error: <message>`` on stderr
+and exit status 2 (argparse's convention), with no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import wraps
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """What was wrong, where, and what to do, in one line."""
+
+
+def report_usage_errors(command: str, *more: type[BaseException]):
+    """Decorate a ``main(argv) -> int``: ``UsageError`` (and ``more``) -> one line, status 2."""
+    caught = (UsageError, *more)
+
+    def wrap(main):
+        @wraps(main)
+        def run(argv=None) -> int:
+            try:
+                return main(argv)
+            except caught as e:
+                print(f"asrlib {command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                      file=sys.stderr, flush=True)
+                return 2
+
+        return run
+
+    return wrap
+
+
+def refuse_existing_file(path, force: bool, inputs=(), flag: str = "--json") -> None:
+    """Refuse to write ``path`` when it exists (unless ``force``) or is one of ``inputs`` (always)."""
+    path = Path(path)
+    for given in inputs:
+        if Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
+            raise UsageError(f"{flag} {path} is one of this command's inputs; choose another file for the report")
+    if path.exists() and not force:
+        raise UsageError(f"{flag} {path} already exists; refusing to overwrite it "
+                         "(choose another file or pass --force)")

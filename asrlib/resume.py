@@ -1,0 +1,52 @@
+"""Which checkpoint a run resumes from, and whether it fits the run being set up.
+
+- ``--resume auto``: the newest readable ``step-*.pt`` in the run's checkpoints folder; an
+  unreadable newest one (a crash mid-copy, a full disk) is reported and the previous one used.
+  No checkpoint at all: a fresh start (``make demo`` relies on this).
+- ``--resume PATH``: that file; unreadable is a one-line error.
+- A checkpoint whose model config differs from the current one, or that was trained with
+  another tokenizer, is a one-line error naming the first differing key (saved vs now).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asrlib import checkpoint as ckpt
+from asrlib.errors import UsageError
+
+
+def find_checkpoint(resume: str, folder: Path, log=print) -> tuple[Path | None, dict | None]:
+    """(path, state) to resume from; (None, None) for a fresh start under 'auto'."""
+    if resume != "auto":
+        try:
+            return Path(resume), ckpt.load_checkpoint(resume)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise UsageError(f"{e}; pass another --resume checkpoint or --resume auto") from None
+    found = ckpt.list_checkpoints(folder)
+    for i, candidate in enumerate(reversed(found)):
+        try:
+            state = ckpt.load_checkpoint(candidate)
+        except RuntimeError as e:
+            log(f"warning: {str(e).splitlines()[0]}")
+            continue
+        if i > 0:
+            log(f"warning: falling back to {candidate}: the newer checkpoint(s) cannot be read")
+        return candidate, state
+    if found:
+        raise UsageError(f"none of the {len(found)} checkpoints in {folder} can be read; "
+                         "resume from another file with --resume PATH")
+    return None, None
+
+
+def check_compatible(path: Path, state: dict, model_cfg: dict, tokenizer) -> None:
+    """One-line UsageError when the checkpoint's model or tokenizer differs from this run's."""
+    why = ckpt.model_mismatch(state["config"]["model"], model_cfg)
+    if why:
+        raise UsageError(f"cannot resume from {path}: {why}; resume with the checkpoint's model settings "
+                         "or start a new run in another trainer.output_dir")
+    stored = ckpt.tokenizer_from_state(state, path)
+    if stored is not None and stored.sha256 != tokenizer.sha256:
+        raise UsageError(f"cannot resume from {path}: it was trained with another tokenizer than {tokenizer.path} "
+                         f"(sha256 {stored.sha256[:12]} vs {tokenizer.sha256[:12]}); set tokenizer.tokenizer_path "
+                         "to the run's tokenizer")

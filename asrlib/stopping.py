@@ -1,0 +1,66 @@
+"""Graceful stop on SIGINT (Ctrl-C) and SIGTERM (schedulers, ``kill``, torchrun).
+
+The first signal only sets a flag: the trainer finishes the optimiser step it is in, writes a
+checkpoint (atomically) and exits with a message naming the resume command. A second signal
+aborts at once (KeyboardInterrupt), for when saving itself hangs.
+
+    with GracefulStop() as stop:
+        while …:
+            train_step()
+            if stop.requested: save(); break
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop:
+    def __init__(self, announce: bool = True):
+        self.signum: int | None = None  # the first signal received, if any
+        self.announce = announce
+        self._old: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def any_rank(self, world: int = 1, device=None) -> bool:
+        """Whether any rank got a signal (under DDP all ranks must stop after the same step)."""
+        if world > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(self.signum or 0)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and self.signum is None:
+                self.signum = int(flag.item())
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without saving")
+        self.signum = signum
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
+                  "(send it again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            for s in SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
+        return False
