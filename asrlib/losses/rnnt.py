@@ -21,7 +21,10 @@ loop over T: within a frame, alpha along u is a first-order linear recurrence
 ``a[u] = alpha[t-1,u] + lp_blank[t-1,u]``, whose closed form is a log-cumulative-sum:
 with ``C[u] = sum_{k<u} lp_label[t,k]``, ``alpha[t,u] = C[u] + logcumsumexp(a - C)[u]``.
 It runs in float64 (the tables are small), so subtracting C costs ~1e-16 * |C| of accuracy.
-The gradient comes from autograd through the recursion.
+The loss uses it through :mod:`asrlib.losses.lattice`, which adds the matching beta
+recursion and writes the gradient analytically (alpha + transition + beta - log Z), so no
+autograd graph spans the frames; :func:`forward_variables` (differentiated by autograd)
+remains as the reference it is tested and benchmarked against.
 
 Shapes: B batch, T frames, U target tokens, V vocabulary (blank = V), J joint hidden.
     enc (B, T, De), pred (B, U+1, Dp), targets (B, U), enc_lengths (B,), target_lengths (B,)
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 from asrlib.losses.ctc import Reduction, reduce_losses
+from asrlib.losses.lattice import forward_variables, lattice_loss  # noqa: F401 (forward_variables: re-exported)
 
 DEFAULT_BUDGET_MIB = 256  # memory of one joint slice (forward + backward temporaries)
 
@@ -143,24 +147,6 @@ def lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, blank: 
     return lp_blank, lp_label[:, :, :-1]  # (B, T, U+1) -> (B, T, U)
 
 
-def forward_variables(lp_blank: Tensor, lp_label: Tensor) -> Tensor:
-    """alpha[b, t, u] = log P(reach node (t, u)), float64 (B, T, U+1); alpha[:, 0, 0] = 0.
-
-    One Python loop over T; the recurrence along U is closed-form (see module doc).
-    """
-    lb = lp_blank.double()
-    ll = lp_label.double()
-    b, t, _ = lb.shape
-    cum = torch.cat([ll.new_zeros(b, t, 1), ll.cumsum(dim=-1)], dim=-1)  # C: (B, T, U+1)
-    # unbind, not cum[:, i]: the backward of T selections would write T full-size zero tensors
-    cum_t, lb_t = cum.unbind(dim=1), lb.unbind(dim=1)  # T x (B, U+1)
-    rows = [cum_t[0]]  # frame 0: only label emissions lead right from (0, 0)
-    for i in range(1, t):
-        a = rows[-1] + lb_t[i - 1]  # (B, U+1): arrive at frame i by a blank
-        rows.append(cum_t[i] + torch.logcumsumexp(a - cum_t[i], dim=-1))
-    return torch.stack(rows, dim=1)  # (B, T, U+1)
-
-
 def mask_padding(lp_blank: Tensor, lp_label: Tensor, enc_lengths: Tensor,
                  target_lengths: Tensor) -> tuple[Tensor, Tensor]:
     """Zero the lattice outside each utterance, so padding cannot reach valid nodes' gradients."""
@@ -233,8 +219,7 @@ def rnnt_loss(joint, enc: Tensor, pred: Tensor, targets: Tensor, enc_lengths: Te
         return reduce_losses(per_utt, target_lengths, reduction, zero_infinity)
     lp_blank, lp_label = lattice_log_probs(joint, enc, pred, targets, blank, t_chunk)
     lp_blank, lp_label = mask_padding(lp_blank, lp_label, enc_lengths, target_lengths)
-    alpha = forward_variables(lp_blank, lp_label)
-    per_utt = sequence_losses(alpha, lp_blank, enc_lengths, target_lengths)
+    per_utt, _, _ = lattice_loss(lp_blank, lp_label, enc_lengths, target_lengths)  # (B,)
     return reduce_losses(per_utt, target_lengths, reduction, zero_infinity)
 
 

@@ -8,9 +8,10 @@ obvious way so they can be read, plotted and compared against:
   ``bench/rnnt_loss.py``;
 - :func:`forward_variables_loop` runs the alpha recursion node by node, two Python loops.
 
-:func:`rnnt_loss_full_joint` = full lattice + (by default) the same vectorised recursion as
-the native loss, so a benchmark of the two measures the joint strategy and nothing else;
-``recursion="loop"`` swaps in the double loop (slow; small inputs only).
+:func:`rnnt_loss_full_joint` = full lattice + (by default) the same lattice forward-backward
+as the native loss, so a benchmark of the two measures the joint strategy and nothing else;
+``recursion="vectorised"`` swaps in the autograd-differentiated alpha recursion and
+``recursion="loop"`` the double loop (slow; small inputs only).
 
 Shapes: B batch, T frames, U target tokens, V vocabulary (blank = V).
 """
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from asrlib.losses.ctc import Reduction, reduce_losses
+from asrlib.losses.lattice import lattice_loss
 from asrlib.losses.rnnt import _check, forward_variables, mask_padding, sequence_losses
 
 
@@ -57,16 +59,23 @@ def forward_variables_loop(lp_blank: Tensor, lp_label: Tensor) -> Tensor:
 
 def rnnt_loss_full_joint(joint, enc: Tensor, pred: Tensor, targets: Tensor, enc_lengths: Tensor,
                          target_lengths: Tensor, blank: int, reduction: Reduction = "mean_tokens",
-                         zero_infinity: bool = True, recursion: str = "vectorised") -> tuple[Tensor, int]:
-    """RNN-T loss over the full joint tensor; same contract as :func:`asrlib.losses.rnnt.rnnt_loss`."""
+                         zero_infinity: bool = True, recursion: str = "analytic") -> tuple[Tensor, int]:
+    """RNN-T loss over the full joint tensor; same contract as :func:`asrlib.losses.rnnt.rnnt_loss`.
+
+    ``recursion``: "analytic" (the lattice forward-backward the native loss uses), "vectorised"
+    (alpha by one loop over T, differentiated by autograd) or "loop" (node by node).
+    """
     targets = _check(enc, pred, targets, enc_lengths, target_lengths, blank)
     lp_blank, lp_label = full_lattice_log_probs(joint, enc, pred, targets, blank)
     lp_blank, lp_label = mask_padding(lp_blank, lp_label, enc_lengths, target_lengths)
+    if recursion == "analytic":
+        per_utt = lattice_loss(lp_blank, lp_label, enc_lengths, target_lengths)[0]
+        return reduce_losses(per_utt, target_lengths, reduction, zero_infinity)
     if recursion == "vectorised":
         alpha = forward_variables(lp_blank, lp_label)
     elif recursion == "loop":
         alpha = forward_variables_loop(lp_blank, lp_label)
     else:
-        raise ValueError(f"recursion={recursion!r}: expected 'vectorised' or 'loop'")
+        raise ValueError(f"recursion={recursion!r}: expected 'analytic', 'vectorised' or 'loop'")
     per_utt = sequence_losses(alpha, lp_blank, enc_lengths, target_lengths)
     return reduce_losses(per_utt, target_lengths, reduction, zero_infinity)
