@@ -164,7 +164,7 @@ class LossConfig:
     ctc_weight: float = 0.3  # loss = (1 - w) * rnnt + w * ctc
     rnnt_backend: Literal["auto", "native", "torchaudio"] = "native"
     zero_infinity: bool = True  # infeasible utterances contribute 0 and are counted
-    fused_t_chunk: int = 0  # native RNN-T: frames of the joint evaluated at once; 0 = auto
+    fused_t_chunk: int = 0  # native and pruned RNN-T: frames of the joint evaluated at once; 0 = auto
     # "full": every (t, u) node through the joint (rnnt_backend applies); "pruned": k2's pruned RNN-T
     # (asrlib/losses/rnnt_pruned.py), which needs model.joint.simple_projections = true
     rnnt: Literal["full", "pruned"] = "full"

@@ -101,7 +101,8 @@ class HybridLoss(nn.Module):
                              "model.joint.simple_projections = true (a model built without them cannot train pruned)")
         (simple, _), (pruned, n_inf) = pruned_rnnt_loss(
             m.joint, m.simple, enc, pred, tokens, enc_lengths, token_lengths, m.blank, prune_range=lc.prune_range,
-            lm_scale=lc.lm_scale, am_scale=lc.am_scale, zero_infinity=lc.zero_infinity)
+            lm_scale=lc.lm_scale, am_scale=lc.am_scale, zero_infinity=lc.zero_infinity,
+            t_chunk=lc.fused_t_chunk)
         s_scale, p_scale = loss_scales(step, lc.simple_loss_scale, lc.prune_warmup_steps)
         extra = {"rnnt_simple": simple.detach(), "rnnt_pruned": pruned.detach(),
                  "simple_scale": torch.tensor(s_scale), "pruned_scale": torch.tensor(p_scale)}

@@ -18,8 +18,9 @@ pruned loss finds those tokens with a cheap model and evaluates the real joint t
    (so the last window holds U_b) at frame T_b - 1. That needs U_b <= T_b * (R - 1); an
    utterance with more tokens cannot fit any band and its pruned loss is infinite (counted).
 3. **Pruned loss** (:func:`pruned_lattice_log_probs`): the real joint on the (B, T, R) band
-   nodes only, log-softmax over V+1 there, scattered into the (B, T, U+1) lattice with -inf
-   outside the band; the same forward-backward gives the loss.
+   nodes only, log-softmax over V+1 there (slice by slice of frames, recomputed in backward,
+   like the full loss), scattered into the (B, T, U+1) lattice with -inf outside the band;
+   the same forward-backward gives the loss.
 
 :func:`pruned_rnnt_loss` runs the three; the trainer mixes the two losses with
 :func:`loss_scales` (icefall's warm-up: simple 1.0 -> ``simple_loss_scale``, pruned 0.1 ->
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from asrlib.losses.ctc import Reduction, reduce_losses
 from asrlib.losses.lattice import lattice_loss
-from asrlib.losses.rnnt import _check, mask_padding
+from asrlib.losses.rnnt import _check, mask_padding, sliced_joint_log_probs
 
 
 def simple_lattice_log_probs(am: Tensor, lm: Tensor, targets: Tensor, blank: int, lm_scale: float = 0.0,
@@ -108,10 +109,12 @@ def band_fits(enc_lengths: Tensor, target_lengths: Tensor, prune_range: int) -> 
 
 
 def pruned_lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, starts: Tensor, prune_range: int,
-                             blank: int) -> tuple[Tensor, Tensor]:
+                             blank: int, t_chunk: int = 0) -> tuple[Tensor, Tensor]:
     """The real joint on the band only -> lp_blank (B, T, U+1), lp_label (B, T, U), -inf off the band.
 
-    ``targets`` must hold legal ids everywhere (padding included). Float32 (float64 if the joint is).
+    ``targets`` must hold legal ids everywhere (padding included). Float32 (float64 if the joint
+    is). The band's logits are evaluated ``t_chunk`` frames at a time and recomputed in
+    backward (:func:`asrlib.losses.rnnt.sliced_joint_log_probs`; 0 = from the memory budget).
     """
     e = joint.project_encoder(enc)  # (B, T, J)
     p = joint.project_prediction(pred)  # (B, U+1, J)
@@ -121,13 +124,10 @@ def pruned_lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, 
     g_idx = u_idx.clamp(max=u1 - 1)  # columns beyond U are evaluated at U and dropped below
     flat = g_idx + (torch.arange(b, device=e.device) * u1)[:, None, None]  # (B, T, R) rows of p.reshape(B*(U+1), J)
     p_band = p.reshape(b * u1, j)[flat]  # (B, T, R, J); backward adds into (B*(U+1), J), not a 4-D tensor
-    logits = joint.combine(e[:, :, None], p_band)  # (B, T, R, V+1)
-    logp = logits if logits.dtype == torch.float64 else logits.float()
-    logp = logp.log_softmax(-1)  # (B, T, R, V+1)
     labels = torch.cat([targets, targets.new_zeros(b, 1)], dim=1)  # (B, U+1); last column unused
     band_labels = labels.gather(1, g_idx.reshape(b, -1)).reshape(b, t, prune_range)  # (B, T*R) -> (B, T, R)
-    lb_band = logp[..., blank]  # (B, T, R)
-    ll_band = logp.gather(-1, band_labels[..., None]).squeeze(-1)  # (B, T, R, 1) -> (B, T, R)
+    # the joint on (B, T, R, V+1) logits, slice by slice, recomputed in backward (as the full loss does)
+    lb_band, ll_band = sliced_joint_log_probs(joint, e, p_band, band_labels, blank, t_chunk)  # 2 x (B, T, R)
     wide = lb_band.new_full((b, t, u1 + prune_range), float("-inf"))  # (B, T, U+1+R): room for u > U
     lp_blank = wide.scatter(2, u_idx, lb_band)[..., :u1]  # (B, T, U+1)
     lp_label = wide.scatter(2, u_idx, ll_band)[..., : u1 - 1]  # (B, T, U)
@@ -147,13 +147,13 @@ def loss_scales(step: int | None, simple_loss_scale: float, warmup_steps: int) -
 
 def pruned_rnnt_loss(joint, simple, enc: Tensor, pred: Tensor, targets: Tensor, enc_lengths: Tensor,
                      target_lengths: Tensor, blank: int, prune_range: int = 5, lm_scale: float = 0.0,
-                     am_scale: float = 0.0, reduction: Reduction = "mean_tokens",
-                     zero_infinity: bool = True) -> tuple[tuple[Tensor, int], tuple[Tensor, int]]:
+                     am_scale: float = 0.0, reduction: Reduction = "mean_tokens", zero_infinity: bool = True,
+                     t_chunk: int = 0) -> tuple[tuple[Tensor, int], tuple[Tensor, int]]:
     """((simple loss, n_infeasible), (pruned loss, n_infeasible)); see the module doc.
 
     ``joint`` is a :class:`asrlib.model.heads.Joint`, ``simple`` a
     :class:`asrlib.model.heads.SimpleProjections`. Gradients reach enc, pred, both modules.
-    The band's choice carries no gradient (as in k2).
+    The band's choice carries no gradient (as in k2). ``t_chunk``: frames of band logits at once (0 = auto).
     """
     if prune_range < 2:
         raise ValueError(f"pruned_rnnt_loss: prune_range = {prune_range}: expected an integer >= 2")
@@ -167,7 +167,7 @@ def pruned_rnnt_loss(joint, simple, enc: Tensor, pred: Tensor, targets: Tensor, 
     lp_blank, lp_label = mask_padding(lp_blank, lp_label, enc_lengths, target_lengths)
     simple_utt, occ_blank, occ_label = lattice_loss(lp_blank, lp_label, enc_lengths, target_lengths)  # (B,)
     starts = prune_ranges(occ_blank, occ_label, enc_lengths, target_lengths, prune_range)  # (B, T)
-    lp_blank, lp_label = pruned_lattice_log_probs(joint, enc, pred, targets, starts, prune_range, blank)
+    lp_blank, lp_label = pruned_lattice_log_probs(joint, enc, pred, targets, starts, prune_range, blank, t_chunk)
     lp_blank, lp_label = mask_padding(lp_blank, lp_label, enc_lengths, target_lengths)
     pruned_utt, _, _ = lattice_loss(lp_blank, lp_label, enc_lengths, target_lengths)  # (B,)
     fits = band_fits(enc_lengths.to(enc.device), target_lengths.to(enc.device), prune_range)

@@ -114,6 +114,6 @@ def pruned_lattice_log_probs_full(joint, enc: Tensor, pred: Tensor, targets: Ten
                                   prune_range: int, blank: int) -> tuple[Tensor, Tensor]:
     """The full joint's lattice with -inf outside the band [starts, starts + R): the pruned loss's reference."""
     lp_blank, lp_label = full_lattice_log_probs(joint, enc, pred, targets, blank)  # (B, T, U+1), (B, T, U)
-    u = torch.arange(lp_blank.shape[2])[None, None]  # (1, 1, U+1)
+    u = torch.arange(lp_blank.shape[2], device=lp_blank.device)[None, None]  # (1, 1, U+1)
     band = (u >= starts[..., None]) & (u < starts[..., None] + prune_range)  # (B, T, U+1)
     return lp_blank.masked_fill(~band, float("-inf")), lp_label.masked_fill(~band[..., :-1], float("-inf"))
