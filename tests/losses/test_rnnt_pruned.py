@@ -250,3 +250,32 @@ def test_model_builds_and_reloads_simple_projections():
     state = m.state_dict()
     assert any(k.startswith("simple.") for k in state)
     build_model(cfg).load_state_dict(state)  # the config alone rebuilds it
+
+
+def test_pruned_never_allocates_a_4d_lattice_tensor():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.max_numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for x in torch.utils._pytree.tree_leaves(out):
+                if isinstance(x, torch.Tensor):
+                    self.max_numel = max(self.max_numel, x.numel())
+            return out
+
+    torch.manual_seed(9)
+    b, t, u, v, j, r = 2, 24, 40, 256, 16, 4
+    joint, simple = Joint(4, 4, v, JointConfig(hidden=j)), SimpleProjections(4, 4, v)
+    enc = torch.randn(b, t, 4, requires_grad=True)
+    pred = torch.randn(b, u + 1, 4, requires_grad=True)
+    targets = torch.randint(0, v, (b, u))
+    with LargestTensor() as probe:
+        (s, _), (p, _) = pruned_rnnt_loss(joint, simple, enc, pred, targets, torch.tensor([t, t // 2]),
+                                          torch.tensor([u, u // 2]), v, prune_range=r)
+        (s + p).backward()
+    assert torch.isfinite(enc.grad).all()
+    assert probe.max_numel <= b * t * r * (v + 1)  # the band's logits; the full one is (u + 1) / r = 10x that
