@@ -85,7 +85,7 @@ def backward_variables(lp_blank: Tensor, lp_label: Tensor, enc_lengths: Tensor, 
     # work with u reversed, so that the suffix recurrence becomes a prefix one
     suffix = torch.cat([ll.new_zeros(b, t, 1), ll.flip(-1).cumsum(-1)], dim=-1)  # D[U-j] at j: (B, T, U+1)
     lb_rev = lb.flip(-1)  # (B, T, U+1)
-    terminal = _terminal(target_lengths, u1).flip(-1)  # (B, U+1)
+    terminal = _terminal(target_lengths.to(lb.device).long(), u1).flip(-1)  # (B, U+1)
     last = (enc_lengths.to(lb.device).long() - 1)[:, None]  # (B, 1): each utterance's last frame
     nxt = torch.full_like(terminal, float("-inf"))  # beta of frame t+1, reversed
     rows = [nxt] * t
