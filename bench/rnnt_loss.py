@@ -9,7 +9,8 @@ joint tensor, and of the lattice forward-backward alone.
 Each case runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its
 own: ``baseline_mib`` is read after imports and input creation, ``peak_mib`` at the end,
 ``delta_mib`` = the difference = what the loss itself needed. ``seconds`` is the wall time
-of forward + backward (median of ``repeats`` runs for the small shape, one run for the big).
+of forward + backward (median of ``repeats`` runs for the small shape, one run for the big;
+at least 3 after a warm-up for the cheap cases: pruned, fb_*).
 Impl "full_joint" builds the (B, T, U+1, V+1) tensor (asrlib.losses.rnnt_ref), "native"
 slices it (asrlib.losses.rnnt, ``t_chunk`` 0 = automatic), "torchaudio" when installed;
 both end in the analytic lattice forward-backward (asrlib.losses.lattice). "pruned" is the
@@ -32,6 +33,7 @@ import time
 THREADS = 2
 PRUNE_RANGE = 5
 IMPLS = ("native", "full_joint", "pruned", "fb_analytic", "fb_recursion")
+CHEAP = ("pruned", "fb_analytic", "fb_recursion")
 SHAPES = {  # name: (B, T, U, V, joint hidden, encoder dim, prediction dim, repeats)
     "small": (4, 100, 40, 256, 320, 256, 320, 5),
     "big": (16, 250, 100, 1024, 640, 512, 640, 1),
@@ -57,6 +59,8 @@ def run_case(impl: str, shape: str, t_chunk: int) -> dict:
 
     torch.set_num_threads(THREADS)
     b, t, u, v, hidden, d_enc, d_pred, repeats = SHAPES[shape]
+    if impl in CHEAP:  # seconds at most: a median of 3 (after a warm-up) tames a loaded machine
+        repeats = max(repeats, 3)
     torch.manual_seed(0)
     joint = Joint(d_enc, d_pred, v, JointConfig(hidden=hidden, activation="tanh"))
     simple = SimpleProjections(d_enc, d_pred, v)
@@ -76,7 +80,8 @@ def run_case(impl: str, shape: str, t_chunk: int) -> dict:
             loss = sequence_losses(alpha, lp_blank, enc_lengths, target_lengths).sum()
         elif impl == "pruned":
             (s_loss, _), (p_loss, _) = pruned_rnnt_loss(joint, simple, enc, pred, targets, enc_lengths,
-                                                        target_lengths, v, prune_range=PRUNE_RANGE)
+                                                        target_lengths, v, prune_range=PRUNE_RANGE,
+                                                        t_chunk=t_chunk)
             loss = 0.5 * s_loss + p_loss
         elif impl == "native":
             loss, _ = rnnt_loss(joint, enc, pred, targets, enc_lengths, target_lengths, v, t_chunk=t_chunk)
@@ -99,13 +104,17 @@ def run_case(impl: str, shape: str, t_chunk: int) -> dict:
         loss = step()
         times.append(time.perf_counter() - t0)
     peak = _rss_mib()
-    if impl == "native" and t_chunk <= 0:
+    if impl in ("native", "pruned") and t_chunk <= 0:
         from asrlib.losses.rnnt import auto_t_chunk
+        from asrlib.losses.rnnt_pruned import BAND_BUDGET_MIB
 
-        t_chunk = auto_t_chunk(b, t, u + 1, hidden, v + 1)
+        if impl == "native":
+            t_chunk = auto_t_chunk(b, t, u + 1, hidden, v + 1)
+        else:
+            t_chunk = auto_t_chunk(b, t, PRUNE_RANGE, hidden, v + 1, BAND_BUDGET_MIB)
     return {
         "impl": impl, "shape": shape, "B": b, "T": t, "U": u, "V": v, "joint_hidden": hidden,
-        "t_chunk": t_chunk if impl == "native" else None, "threads": THREADS,
+        "t_chunk": t_chunk if impl in ("native", "pruned") else None, "threads": THREADS,
         "prune_range": PRUNE_RANGE if impl == "pruned" else None,
         "seconds": sorted(times)[len(times) // 2], "runs": len(times),
         "peak_mib": round(peak, 1), "baseline_mib": round(baseline, 1), "delta_mib": round(peak - baseline, 1),
@@ -137,7 +146,7 @@ def main() -> None:
     results = []
     for shape in args.shapes.split(","):
         for impl in impls:
-            chunks = [int(c) for c in args.t_chunks.split(",")] if impl == "native" else [0]
+            chunks = [int(c) for c in args.t_chunks.split(",")] if impl in ("native", "pruned") else [0]
             for tc in chunks:
                 out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{shape}:{tc}"],
                                      capture_output=True, text=True, env=env)

@@ -159,15 +159,15 @@ def lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, blank: 
     return lp_blank, lp_label[:, :, :-1]  # (B, T, U+1) -> (B, T, U)
 
 
-def sliced_joint_log_probs(joint, e: Tensor, p: Tensor, labels: Tensor, blank: int,
-                           t_chunk: int = 0) -> tuple[Tensor, Tensor]:
+def sliced_joint_log_probs(joint, e: Tensor, p: Tensor, labels: Tensor, blank: int, t_chunk: int = 0,
+                           budget_mib: float = DEFAULT_BUDGET_MIB) -> tuple[Tensor, Tensor]:
     """Projected e (B, T, J), p (B, 1 or T, N, J), labels (B, 1 or T, N) -> lp_blank, lp_label (B, T, N).
 
-    The joint slice by slice (see :class:`_SlicedJoint`); ``t_chunk`` 0 = from the memory budget.
+    The joint slice by slice (see :class:`_SlicedJoint`); ``t_chunk`` 0 = from ``budget_mib``.
     """
     b, t, j = e.shape
     if t_chunk <= 0:
-        t_chunk = auto_t_chunk(b, t, p.shape[2], j, blank + 1)
+        t_chunk = auto_t_chunk(b, t, p.shape[2], j, blank + 1, budget_mib)
     params = [q for q in joint.parameters() if q.requires_grad]
     return _SlicedJoint.apply(joint, t_chunk, blank, labels, e, p, *params)
 

@@ -41,6 +41,11 @@ from asrlib.losses.ctc import Reduction, reduce_losses
 from asrlib.losses.lattice import lattice_loss
 from asrlib.losses.rnnt import _check, mask_padding, sliced_joint_log_probs
 
+# memory of one slice of band logits: the whole band is ~R/(U+1) of the full lattice, so slices
+# this small cost nothing measurable (bench/rnnt_loss.py, big shape: t_chunk 25 vs 184 frames,
+# 329 vs 454 MiB peak growth) and keep the loss's peak low
+BAND_BUDGET_MIB = 32
+
 
 def simple_lattice_log_probs(am: Tensor, lm: Tensor, targets: Tensor, blank: int, lm_scale: float = 0.0,
                              am_scale: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -114,7 +119,7 @@ def pruned_lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, 
 
     ``targets`` must hold legal ids everywhere (padding included). Float32 (float64 if the joint
     is). The band's logits are evaluated ``t_chunk`` frames at a time and recomputed in
-    backward (:func:`asrlib.losses.rnnt.sliced_joint_log_probs`; 0 = from the memory budget).
+    backward (:func:`asrlib.losses.rnnt.sliced_joint_log_probs`; 0 = from ``BAND_BUDGET_MIB``).
     """
     e = joint.project_encoder(enc)  # (B, T, J)
     p = joint.project_prediction(pred)  # (B, U+1, J)
@@ -127,7 +132,8 @@ def pruned_lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, 
     labels = torch.cat([targets, targets.new_zeros(b, 1)], dim=1)  # (B, U+1); last column unused
     band_labels = labels.gather(1, g_idx.reshape(b, -1)).reshape(b, t, prune_range)  # (B, T*R) -> (B, T, R)
     # the joint on (B, T, R, V+1) logits, slice by slice, recomputed in backward (as the full loss does)
-    lb_band, ll_band = sliced_joint_log_probs(joint, e, p_band, band_labels, blank, t_chunk)  # 2 x (B, T, R)
+    lb_band, ll_band = sliced_joint_log_probs(joint, e, p_band, band_labels, blank, t_chunk,
+                                              BAND_BUDGET_MIB)  # 2 x (B, T, R)
     wide = lb_band.new_full((b, t, u1 + prune_range), float("-inf"))  # (B, T, U+1+R): room for u > U
     lp_blank = wide.scatter(2, u_idx, lb_band)[..., :u1]  # (B, T, U+1)
     lp_label = wide.scatter(2, u_idx, ll_band)[..., : u1 - 1]  # (B, T, U)
