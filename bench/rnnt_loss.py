@@ -10,7 +10,8 @@ Each case runs in its own subprocess, so its peak resident memory (``ru_maxrss``
 own: ``baseline_mib`` is read after imports and input creation, ``peak_mib`` at the end,
 ``delta_mib`` = the difference = what the loss itself needed. ``seconds`` is the wall time
 of forward + backward (median of ``repeats`` runs for the small shape, one run for the big;
-at least 3 after a warm-up for the cheap cases: pruned, fb_*).
+at least 3 after a warm-up for the cheap cases: pruned, fb_*); ``cpu_seconds`` is the
+process's CPU time over the same runs, steadier than wall time on a shared, loaded machine.
 Impl "full_joint" builds the (B, T, U+1, V+1) tensor (asrlib.losses.rnnt_ref), "native"
 slices it (asrlib.losses.rnnt, ``t_chunk`` 0 = automatic), "torchaudio" when installed;
 both end in the analytic lattice forward-backward (asrlib.losses.lattice). "pruned" is the
@@ -95,14 +96,15 @@ def run_case(impl: str, shape: str, t_chunk: int) -> dict:
     baseline = _rss_mib()  # after imports and inputs; the loss's own memory comes on top
     if repeats > 1:
         step()  # warm-up (not timed) for the repeated small case
-    times, loss = [], 0.0
+    times, cpu_times, loss = [], [], 0.0
     for _ in range(repeats):
         joint.zero_grad(set_to_none=True)
         simple.zero_grad(set_to_none=True)
         enc.grad = pred.grad = lp_blank.grad = lp_label.grad = None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peak = _rss_mib()
     if impl in ("native", "pruned") and t_chunk <= 0:
         from asrlib.losses.rnnt import auto_t_chunk
@@ -116,7 +118,8 @@ def run_case(impl: str, shape: str, t_chunk: int) -> dict:
         "impl": impl, "shape": shape, "B": b, "T": t, "U": u, "V": v, "joint_hidden": hidden,
         "t_chunk": t_chunk if impl in ("native", "pruned") else None, "threads": THREADS,
         "prune_range": PRUNE_RANGE if impl == "pruned" else None,
-        "seconds": sorted(times)[len(times) // 2], "runs": len(times),
+        "seconds": sorted(times)[len(times) // 2], "cpu_seconds": sorted(cpu_times)[len(cpu_times) // 2],
+        "runs": len(times),
         "peak_mib": round(peak, 1), "baseline_mib": round(baseline, 1), "delta_mib": round(peak - baseline, 1),
         "loss": loss,
     }
