@@ -105,6 +105,9 @@ class PredictionConfig:
 class JointConfig:
     hidden: int = 128  # joint space
     activation: Literal["tanh", "relu", "silu"] = "tanh"
+    # the pruned RNN-T loss's training-only simple projections (model.simple); needed by loss.rnnt = "pruned",
+    # kept in the config so a checkpoint rebuilds them; decoding and ONNX export ignore them
+    simple_projections: bool = False
 
 
 @dataclass
@@ -161,7 +164,15 @@ class LossConfig:
     ctc_weight: float = 0.3  # loss = (1 - w) * rnnt + w * ctc
     rnnt_backend: Literal["auto", "native", "torchaudio"] = "native"
     zero_infinity: bool = True  # infeasible utterances contribute 0 and are counted
-    fused_t_chunk: int = 0  # native RNN-T: frames of the joint evaluated at once; 0 = auto
+    fused_t_chunk: int = 0  # native and pruned RNN-T: frames of the joint evaluated at once; 0 = auto
+    # "full": every (t, u) node through the joint (rnnt_backend applies); "pruned": k2's pruned RNN-T
+    # (asrlib/losses/rnnt_pruned.py), which needs model.joint.simple_projections = true
+    rnnt: Literal["full", "pruned"] = "full"
+    prune_range: int = 5  # pruned: tokens per frame where the real joint is evaluated (>= 2)
+    simple_loss_scale: float = 0.5  # pruned: weight of the simple loss after warm-up (1.0 during warm-up start)
+    lm_scale: float = 0.0  # pruned: smoothing of the simple loss towards the prediction-only distribution
+    am_scale: float = 0.0  # pruned: smoothing of the simple loss towards the encoder-only distribution
+    prune_warmup_steps: int = 2000  # pruned: simple 1.0 -> simple_loss_scale and pruned 0.1 -> 1.0 over these steps
 
 
 @dataclass
@@ -379,6 +390,28 @@ def _check_ranges(cfg: "Config", source: str) -> None:
         raise ConfigError(f"{source}: train_dataset.gain_db: expected [low, high] in dB with low <= high, got {gain!r}")
     if any(f <= 0 for f in cfg.train_dataset.speed_perturb):
         raise ConfigError(f"{source}: train_dataset.speed_perturb: factors must be > 0, got {cfg.train_dataset.speed_perturb!r}")
+    check_loss_config(cfg.loss, cfg.model, source)
+
+
+def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<config>") -> None:
+    """The [loss] keys of the pruned RNN-T loss: ranges, and the model field it needs."""
+    if loss.prune_range < 2:
+        raise ConfigError(f"{source}: loss.prune_range = {loss.prune_range}: expected an integer >= 2 "
+                          "(tokens per frame in the pruned band; k2/icefall use 5)")
+    if loss.simple_loss_scale < 0:
+        raise ConfigError(f"{source}: loss.simple_loss_scale = {loss.simple_loss_scale}: expected a number >= 0")
+    for key in ("lm_scale", "am_scale"):
+        if not 0.0 <= getattr(loss, key) <= 1.0:
+            raise ConfigError(f"{source}: loss.{key} = {getattr(loss, key)}: expected a number in [0, 1]")
+    if loss.lm_scale + loss.am_scale > 1.0:
+        raise ConfigError(f"{source}: loss.lm_scale + loss.am_scale = {loss.lm_scale + loss.am_scale}: "
+                          "expected at most 1 (the rest weighs the simple joint itself)")
+    if loss.prune_warmup_steps < 0:
+        raise ConfigError(f"{source}: loss.prune_warmup_steps = {loss.prune_warmup_steps}: expected an integer >= 0")
+    if loss.rnnt == "pruned" and not model.joint.simple_projections:
+        raise ConfigError(f"{source}: loss.rnnt = \"pruned\" needs the simple projections on the model: "
+                          "set model.joint.simple_projections = true (a model trained so keeps them in its "
+                          "checkpoint; decoding ignores them)")
 
 
 def _merge(base: dict, extra: dict) -> None:

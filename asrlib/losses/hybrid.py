@@ -1,6 +1,11 @@
 """The hybrid objective: loss = (1 - w) * rnnt + w * ctc, its parts for logging, and
 ``HybridLoss``: the model and both losses in one module (what the trainer wraps in DDP).
 
+With ``loss.rnnt = "pruned"`` the rnnt term is ``simple_scale * simple + pruned_scale * pruned``
+(asrlib/losses/rnnt_pruned.py), the scales following icefall's warm-up over
+``loss.prune_warmup_steps`` optimiser steps: the trainer passes ``step=`` to
+``HybridLoss.forward`` (without it the post-warm-up scales are used).
+
 Both parts should use the same reduction (e.g. "mean_tokens") so that w means what it says.
 
 Shapes: every loss here is a scalar () tensor (or matching (B,) tensors for "none").
@@ -16,6 +21,7 @@ from torch import Tensor, nn
 from asrlib.data.augment import spec_augment
 from asrlib.losses.ctc import ctc_loss
 from asrlib.losses.rnnt import rnnt_loss_any
+from asrlib.losses.rnnt_pruned import loss_scales, pruned_rnnt_loss
 
 
 def hybrid_loss(rnnt: Tensor, ctc: Tensor, ctc_weight: float) -> Tensor:
@@ -63,7 +69,9 @@ class HybridLoss(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, audio, audio_lengths, tokens, token_lengths, generator: torch.Generator | None = None):
+    def forward(self, audio, audio_lengths, tokens, token_lengths, generator: torch.Generator | None = None,
+                step: int | None = None):
+        """``step`` (optimiser updates so far) drives the pruned loss's warm-up; unused by the full loss."""
         m, lc = self.model, self.cfg.loss
         feats, feat_lengths = m.features(audio, audio_lengths)
         if generator is not None:  # SpecAugment: training only
@@ -71,8 +79,31 @@ class HybridLoss(nn.Module):
         enc, enc_lengths = m.encode(feats, feat_lengths)
         ctc = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
                        zero_infinity=lc.zero_infinity)
-        rnnt = rnnt_loss_any(m.joint, enc, m.prediction(tokens), tokens, enc_lengths, token_lengths, blank=m.blank,
-                             t_chunk=lc.fused_t_chunk, zero_infinity=lc.zero_infinity, backend=lc.rnnt_backend)
+        pred = m.prediction(tokens)
+        extra: dict[str, Tensor] = {}
+        if lc.rnnt == "pruned":
+            rnnt, extra = self._pruned_rnnt(enc, pred, tokens, enc_lengths, token_lengths, step)
+        else:
+            rnnt = rnnt_loss_any(m.joint, enc, pred, tokens, enc_lengths, token_lengths, blank=m.blank,
+                                 t_chunk=lc.fused_t_chunk, zero_infinity=lc.zero_infinity, backend=lc.rnnt_backend)
+            if getattr(m, "simple", None) is not None:  # unused projections: a zero term keeps DDP's reducer happy
+                rnnt = (rnnt[0] + 0.0 * sum(p.sum() for p in m.simple.parameters()), rnnt[1])
         parts = LossParts.combine(rnnt, ctc, lc.ctc_weight)
         return {"loss": parts.total, "rnnt": parts.rnnt.detach(), "ctc": parts.ctc.detach(),
-                "infeasible": torch.tensor(float(parts.n_infeasible_rnnt + parts.n_infeasible_ctc))}
+                "infeasible": torch.tensor(float(parts.n_infeasible_rnnt + parts.n_infeasible_ctc)), **extra}
+
+    # ---------------------------------------------------------------- pruned RNN-T (training-step hook: ``step``)
+    def _pruned_rnnt(self, enc, pred, tokens, enc_lengths, token_lengths, step):
+        """(scaled simple + pruned, n_infeasible) and the unscaled parts + scales for logging."""
+        m, lc = self.model, self.cfg.loss
+        if getattr(m, "simple", None) is None:
+            raise ValueError('loss.rnnt = "pruned" needs the model\'s simple projections: set '
+                             "model.joint.simple_projections = true (a model built without them cannot train pruned)")
+        (simple, _), (pruned, n_inf) = pruned_rnnt_loss(
+            m.joint, m.simple, enc, pred, tokens, enc_lengths, token_lengths, m.blank, prune_range=lc.prune_range,
+            lm_scale=lc.lm_scale, am_scale=lc.am_scale, zero_infinity=lc.zero_infinity,
+            t_chunk=lc.fused_t_chunk)
+        s_scale, p_scale = loss_scales(step, lc.simple_loss_scale, lc.prune_warmup_steps)
+        extra = {"rnnt_simple": simple.detach(), "rnnt_pruned": pruned.detach(),
+                 "simple_scale": torch.tensor(s_scale), "pruned_scale": torch.tensor(p_scale)}
+        return (s_scale * simple + p_scale * pruned, n_inf), extra

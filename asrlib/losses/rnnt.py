@@ -21,7 +21,10 @@ loop over T: within a frame, alpha along u is a first-order linear recurrence
 ``a[u] = alpha[t-1,u] + lp_blank[t-1,u]``, whose closed form is a log-cumulative-sum:
 with ``C[u] = sum_{k<u} lp_label[t,k]``, ``alpha[t,u] = C[u] + logcumsumexp(a - C)[u]``.
 It runs in float64 (the tables are small), so subtracting C costs ~1e-16 * |C| of accuracy.
-The gradient comes from autograd through the recursion.
+The loss uses it through :mod:`asrlib.losses.lattice`, which adds the matching beta
+recursion and writes the gradient analytically (alpha + transition + beta - log Z), so no
+autograd graph spans the frames; :func:`forward_variables` (differentiated by autograd)
+remains as the reference it is tested and benchmarked against.
 
 Shapes: B batch, T frames, U target tokens, V vocabulary (blank = V), J joint hidden.
     enc (B, T, De), pred (B, U+1, Dp), targets (B, U), enc_lengths (B,), target_lengths (B,)
@@ -34,19 +37,22 @@ import torch
 from torch import Tensor
 
 from asrlib.losses.ctc import Reduction, reduce_losses
+from asrlib.losses.lattice import forward_variables, lattice_loss  # noqa: F401 (forward_variables: re-exported)
 
 DEFAULT_BUDGET_MIB = 256  # memory of one joint slice (forward + backward temporaries)
 
 
 def _gather_log_probs(logits: Tensor, labels: Tensor, blank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """logits (B, t, U+1, V+1), labels (B, U+1) -> lp_blank, lp_label, logsumexp: 3 x (B, t, U+1).
+    """logits (B, t, N, V+1), labels (B, 1 or t, N) -> lp_blank, lp_label, logsumexp: 3 x (B, t, N).
+
+    N = U+1 lattice columns (the full loss) or R band nodes (the pruned loss).
 
     Float32 (float64 if the logits are), whatever autocast did to the logits.
     """
     z = logits if logits.dtype == torch.float64 else logits.float()
     lse = torch.logsumexp(z, dim=-1)  # (B, t, U+1)
-    idx = labels[:, None, :, None].expand(-1, z.shape[1], -1, -1)  # (B, U+1) -> (B, t, U+1, 1)
-    return z[..., blank] - lse, z.gather(-1, idx).squeeze(-1) - lse, lse  # (B, t, U+1, 1) -> (B, t, U+1)
+    idx = labels[..., None].expand(-1, z.shape[1], -1, -1)  # (B, 1 or t, N) -> (B, t, N, 1)
+    return z[..., blank] - lse, z.gather(-1, idx).squeeze(-1) - lse, lse  # (B, t, N, 1) -> (B, t, N)
 
 
 def _grad_logits(logits: Tensor, lse: Tensor, labels: Tensor, blank: int, g_blank: Tensor,
@@ -61,13 +67,22 @@ def _grad_logits(logits: Tensor, lse: Tensor, labels: Tensor, blank: int, g_blan
     grad.exp_()  # softmax (B, t, U+1, V+1)
     grad.mul_(-(g_blank + g_label).unsqueeze(-1))
     grad[..., blank] += g_blank
-    idx = labels[:, None, :, None].expand(-1, grad.shape[1], -1, -1)  # (B, U+1) -> (B, t, U+1, 1)
+    idx = labels[..., None].expand(-1, grad.shape[1], -1, -1)  # (B, 1 or t, N) -> (B, t, N, 1)
     grad.scatter_add_(-1, idx, g_label.unsqueeze(-1))
     return grad.to(logits.dtype)
 
 
+def _frames(x: Tensor, sl: slice) -> Tensor:
+    """x[:, sl], or x itself when its frame axis is 1 (shared by every frame: broadcast)."""
+    return x if x.shape[1] == 1 else x[:, sl]
+
+
 class _SlicedJoint(torch.autograd.Function):
-    """(e (B, T, J), p (B, U+1, J)) -> lp_blank, lp_label (B, T, U+1), one slice of frames at a time.
+    """(e (B, T, J), p (B, 1 or T, N, J)) -> lp_blank, lp_label (B, T, N), one slice of frames at a time.
+
+    p (B, 1, U+1, J) pairs every frame with every prediction step (the full lattice); p
+    (B, T, R, J) pairs frame t with its own R steps (the pruned loss's band). labels (B, 1 or
+    T, N) are the token ids gathered at those nodes.
 
     Forward keeps nothing of a slice but its two gathered log-probs. Backward recomputes each
     slice's logits (under the autocast state of the forward), forms their gradient from the
@@ -82,13 +97,14 @@ class _SlicedJoint(torch.autograd.Function):
         ctx.joint, ctx.t_chunk, ctx.blank, ctx.params = joint, t_chunk, blank, params
         blanks, labs, lses = [], [], []
         for t0 in range(0, e.shape[1], t_chunk):
-            logits = joint.combine(e[:, t0 : t0 + t_chunk, None], p[:, None])  # (B, t, U+1, V+1)
-            lb, ll, lse = _gather_log_probs(logits, labels, blank)
+            sl = slice(t0, t0 + t_chunk)
+            logits = joint.combine(e[:, sl, None], _frames(p, sl))  # (B, t, N, V+1)
+            lb, ll, lse = _gather_log_probs(logits, _frames(labels, sl), blank)
             blanks.append(lb)
             labs.append(ll)
             lses.append(lse)
-        ctx.save_for_backward(e, p, labels, torch.cat(lses, dim=1))  # lse: (B, T, U+1), small
-        return torch.cat(blanks, dim=1), torch.cat(labs, dim=1)  # 2 x (B, T, U+1)
+        ctx.save_for_backward(e, p, labels, torch.cat(lses, dim=1))  # lse: (B, T, N), small
+        return torch.cat(blanks, dim=1), torch.cat(labs, dim=1)  # 2 x (B, T, N)
 
     @staticmethod
     def backward(ctx, g_blank: Tensor, g_label: Tensor):
@@ -97,17 +113,21 @@ class _SlicedJoint(torch.autograd.Function):
         grad_e = torch.zeros_like(e)
         grad_p = torch.zeros_like(p)
         grad_params: list[Tensor | None] = [None] * len(ctx.params)
-        p_leaf = p.detach().requires_grad_(True)
         for t0 in range(0, e.shape[1], ctx.t_chunk):
             sl = slice(t0, t0 + ctx.t_chunk)
             e_leaf = e[:, sl].detach().requires_grad_(True)
+            p_leaf = _frames(p, sl).detach().requires_grad_(True)
             with torch.enable_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
-                logits = ctx.joint.combine(e_leaf[:, :, None], p_leaf[:, None])  # (B, t, U+1, V+1)
+                logits = ctx.joint.combine(e_leaf[:, :, None], p_leaf)  # (B, t, N, V+1)
             with torch.autocast(dev, enabled=False):
-                grad = _grad_logits(logits.detach(), lse[:, sl], labels, ctx.blank, g_blank[:, sl], g_label[:, sl])
+                grad = _grad_logits(logits.detach(), lse[:, sl], _frames(labels, sl), ctx.blank, g_blank[:, sl],
+                                    g_label[:, sl])
             grads = torch.autograd.grad(logits, [e_leaf, p_leaf, *ctx.params], grad, allow_unused=True)
             grad_e[:, sl] = grads[0]
-            grad_p += grads[1]
+            if p.shape[1] == 1:
+                grad_p += grads[1]
+            else:
+                grad_p[:, sl] = grads[1]
             for i, g in enumerate(grads[2:]):
                 if g is not None:
                     grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
@@ -134,31 +154,22 @@ def lattice_log_probs(joint, enc: Tensor, pred: Tensor, targets: Tensor, blank: 
     """
     e = joint.project_encoder(enc)  # (B, T, J)
     p = joint.project_prediction(pred)  # (B, U+1, J)
-    b, t, j = e.shape
-    labels = torch.cat([targets, targets.new_zeros(b, 1)], dim=1)  # (B, U+1); last column unused
-    if t_chunk <= 0:
-        t_chunk = auto_t_chunk(b, t, p.shape[1], j, blank + 1)
-    params = [q for q in joint.parameters() if q.requires_grad]
-    lp_blank, lp_label = _SlicedJoint.apply(joint, t_chunk, blank, labels, e, p, *params)
+    labels = torch.cat([targets, targets.new_zeros(e.shape[0], 1)], dim=1)  # (B, U+1); last column unused
+    lp_blank, lp_label = sliced_joint_log_probs(joint, e, p[:, None], labels[:, None], blank, t_chunk)
     return lp_blank, lp_label[:, :, :-1]  # (B, T, U+1) -> (B, T, U)
 
 
-def forward_variables(lp_blank: Tensor, lp_label: Tensor) -> Tensor:
-    """alpha[b, t, u] = log P(reach node (t, u)), float64 (B, T, U+1); alpha[:, 0, 0] = 0.
+def sliced_joint_log_probs(joint, e: Tensor, p: Tensor, labels: Tensor, blank: int, t_chunk: int = 0,
+                           budget_mib: float = DEFAULT_BUDGET_MIB) -> tuple[Tensor, Tensor]:
+    """Projected e (B, T, J), p (B, 1 or T, N, J), labels (B, 1 or T, N) -> lp_blank, lp_label (B, T, N).
 
-    One Python loop over T; the recurrence along U is closed-form (see module doc).
+    The joint slice by slice (see :class:`_SlicedJoint`); ``t_chunk`` 0 = from ``budget_mib``.
     """
-    lb = lp_blank.double()
-    ll = lp_label.double()
-    b, t, _ = lb.shape
-    cum = torch.cat([ll.new_zeros(b, t, 1), ll.cumsum(dim=-1)], dim=-1)  # C: (B, T, U+1)
-    # unbind, not cum[:, i]: the backward of T selections would write T full-size zero tensors
-    cum_t, lb_t = cum.unbind(dim=1), lb.unbind(dim=1)  # T x (B, U+1)
-    rows = [cum_t[0]]  # frame 0: only label emissions lead right from (0, 0)
-    for i in range(1, t):
-        a = rows[-1] + lb_t[i - 1]  # (B, U+1): arrive at frame i by a blank
-        rows.append(cum_t[i] + torch.logcumsumexp(a - cum_t[i], dim=-1))
-    return torch.stack(rows, dim=1)  # (B, T, U+1)
+    b, t, j = e.shape
+    if t_chunk <= 0:
+        t_chunk = auto_t_chunk(b, t, p.shape[2], j, blank + 1, budget_mib)
+    params = [q for q in joint.parameters() if q.requires_grad]
+    return _SlicedJoint.apply(joint, t_chunk, blank, labels, e, p, *params)
 
 
 def mask_padding(lp_blank: Tensor, lp_label: Tensor, enc_lengths: Tensor,
@@ -233,8 +244,7 @@ def rnnt_loss(joint, enc: Tensor, pred: Tensor, targets: Tensor, enc_lengths: Te
         return reduce_losses(per_utt, target_lengths, reduction, zero_infinity)
     lp_blank, lp_label = lattice_log_probs(joint, enc, pred, targets, blank, t_chunk)
     lp_blank, lp_label = mask_padding(lp_blank, lp_label, enc_lengths, target_lengths)
-    alpha = forward_variables(lp_blank, lp_label)
-    per_utt = sequence_losses(alpha, lp_blank, enc_lengths, target_lengths)
+    per_utt, _, _ = lattice_loss(lp_blank, lp_label, enc_lengths, target_lengths)  # (B,)
     return reduce_losses(per_utt, target_lengths, reduction, zero_infinity)
 
 

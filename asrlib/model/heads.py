@@ -1,4 +1,5 @@
-"""The two heads on one encoder: CTC, and RNN-T (prediction network + joint).
+"""The two heads on one encoder: CTC, and RNN-T (prediction network + joint), and the
+training-only simple projections of the pruned RNN-T loss.
 
 Token ids are ``0 .. V-1`` (the SentencePiece pieces) and the blank is ``V``, for both heads,
 so every output layer has ``V + 1`` units.
@@ -104,3 +105,23 @@ class Joint(nn.Module):
     def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
         """Full joint, for decoding and small tests: (B, T, D), (B, U+1, Dp) -> (B, T, U+1, V+1)."""
         return self.combine(self.project_encoder(enc)[:, :, None], self.project_prediction(pred)[:, None])
+
+
+class SimpleProjections(nn.Module):
+    """Training-only "simple joiner" of the pruned RNN-T loss (asrlib/losses/rnnt_pruned.py).
+
+    Two linear maps to V + 1 logits whose sum ``am[t] + lm[u]`` is a trivial joint: cheap
+    enough to score the whole lattice, it finds where the real joint must be evaluated.
+    Built only when ``model.joint.simple_projections`` is true, saved with the model (so a
+    checkpoint reloads), never used by decoding, streaming or the ONNX export.
+
+    forward: enc (B, T, D), pred (B, U + 1, Dp) -> am (B, T, V + 1), lm (B, U + 1, V + 1).
+    """
+
+    def __init__(self, d_enc: int, d_pred: int, vocab_size: int):
+        super().__init__()
+        self.am_proj = nn.Linear(d_enc, vocab_size + 1)
+        self.lm_proj = nn.Linear(d_pred, vocab_size + 1)
+
+    def forward(self, enc: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+        return self.am_proj(enc), self.lm_proj(pred)

@@ -3,6 +3,7 @@
     audio (B, S) --Frontend--> feats (B, T, M) --Encoder--> enc (B, T', D)
     enc --CTCHead--> log-probs (B, T', V + 1)
     enc, PredictionNet(targets) --Joint--> RNN-T logits (evaluated slice by slice by the loss)
+    enc, PredictionNet(targets) --SimpleProjections--> am, lm (pruned RNN-T loss only; training)
 
 ``build_model(cfg)`` is the one place where config numbers meet modules. The model keeps its
 ``ModelConfig`` so that a checkpoint (or ONNX metadata) alone can rebuild it.
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from asrlib.config import ModelConfig
 from asrlib.model.encoder import Encoder
 from asrlib.model.frontend import Frontend
-from asrlib.model.heads import CTCHead, Joint, PredictionNet
+from asrlib.model.heads import CTCHead, Joint, PredictionNet, SimpleProjections
 
 
 class HybridASR(nn.Module):
@@ -31,6 +32,8 @@ class HybridASR(nn.Module):
         self.ctc_head = CTCHead(d, cfg.vocab_size)
         self.prediction = PredictionNet(cfg.vocab_size, cfg.prediction)
         self.joint = Joint(d, self.prediction.out_dim, cfg.vocab_size, cfg.joint)
+        # training-only projections of the pruned RNN-T loss; None unless the config asks for them
+        self.simple = SimpleProjections(d, self.prediction.out_dim, cfg.vocab_size) if cfg.joint.simple_projections else None
 
     def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, S) samples -> log-mel (B, T, M) and frame lengths; SpecAugment goes after this."""
