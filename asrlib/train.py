@@ -11,14 +11,22 @@ SIGINT/SIGTERM, after finishing the step). A new run never reuses a folder holdi
 run (see asrlib/run_folder.py); ``--resume auto`` falls back to the previous checkpoint when the
 newest is unreadable.
 
-Determinism: augmentation draws from a generator seeded by (seed, step), dropout from the
-global torch RNG whose state is checkpointed, and the sampler position is saved, so a resumed
-run continues bit-exactly on CPU.
+Determinism: every rank draws its own random numbers. Augmentation draws from a generator,
+and dropout from the global torch RNG (CPU and CUDA), both seeded at every step from
+(seed, rank, step) through :func:`stream_seed`; with the sampler position saved, a resumed run
+continues bit-exactly on CPU. (The RNG states are checkpointed as well, CUDA's included.)
+
+Devices: under torchrun each rank uses ``cuda:LOCAL_RANK`` (``trainer.device = "cuda"`` or
+``"auto"``); ``"cuda:N"`` means GPU N + LOCAL_RANK, so N offsets the ranks' GPUs. The GPU is
+made current before the NCCL group starts. ``trainer.compile`` compiles the module that trains
+(the DDP wrapper under DDP). Mixed precision: bf16 autocast on CPU or GPU, fp16 (with a
+GradScaler) on GPU only; the losses are computed in float32 either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import random
@@ -59,6 +67,7 @@ class Progress:
     epoch: int = 0
     batches_in_epoch: int = 0  # batches of this epoch already consumed (all micro-batches)
     skipped_nonfinite: int = 0  # optimiser steps skipped for a non-finite loss or gradient
+    skipped_scaler: int = 0  # fp16: steps the GradScaler skipped while calibrating its scale (finite loss)
     skipped_utterances: int = 0  # unreadable / too short / unencodable utterances dropped
     skipped_reasons: dict = field(default_factory=dict)  # reason -> count of those utterances
     infeasible: int = 0
@@ -79,6 +88,8 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(cfg.trainer.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # before NCCL: else every rank's NCCL context lands on GPU 0
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if cfg.trainer.num_threads > 0:
@@ -111,15 +122,22 @@ class Trainer:
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
         self.loss_module = HybridLoss(self.model, cfg)
-        self.ddp = DistributedDataParallel(self.loss_module) if self.world > 1 else None
+        self.ddp = None
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.loss_module, device_ids=ids)
+        # What trains: the DDP wrapper (or the plain module), compiled when asked. Compiling the
+        # DDP module lets dynamo split the graph at DDP's gradient buckets (DDPOptimizer).
+        self.train_module = self.ddp or self.loss_module
         if cfg.trainer.compile:
-            self.loss_module = torch.compile(self.loss_module)
+            self.train_module = torch.compile(self.train_module)
         self.opt = build_optimizer(self.model, cfg.optim)
         self.sched = build_scheduler(self.opt, cfg.optim, cfg.trainer.max_steps)
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.trainer.precision]
-        if self.amp_dtype is not None and self.device.type != "cuda":
-            self.amp_dtype = None  # mixed precision is a GPU feature; CPU trains in float32
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if self.amp_dtype == torch.float16 and self.device.type != "cuda":
+            self.log_line("trainer.precision = fp16 needs a GPU; training in float32 (bf16 works on CPU)")
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.val_sets = []
         for path in cfg.validation_dataset.validation_manifest:
@@ -176,6 +194,8 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"cannot resume from {path}: {str(e).strip().splitlines()[0]}") from None
         torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         random.setstate(_tuple_state(state["rng"]["python"]))
         self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
@@ -224,19 +244,22 @@ class Trainer:
     def train_step(self, batches: list[Batch]) -> dict[str, float]:
         """One optimiser update over ``batches`` (gradient accumulation); returns logged values."""
         self.model.train()
-        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self.progress.step)
-        module = self.ddp or self.loss_module
+        seed, step = self.cfg.trainer.seed, self.progress.step
+        gen = torch.Generator().manual_seed(stream_seed(seed, self.rank, step, "augment"))
+        torch.manual_seed(stream_seed(seed, self.rank, step, "dropout"))  # CPU and every CUDA device
+        module = self.train_module
         totals = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0, "infeasible": 0.0}
         finite, seconds = True, 0.0
         for i, batch in enumerate(batches):
             batch = self.perturb(batch, gen)
             seconds += float(batch.audio_lengths.sum()) / self.cfg.model.frontend.sample_rate
             sync = self.ddp is None or i == len(batches) - 1
-            ctx = module.no_sync() if (self.ddp is not None and not sync) else _null()
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else _null()
             with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                      enabled=self.amp_dtype is not None):
-                out = module(*(t.to(self.device) for t in (batch.audio, batch.audio_lengths,
-                                                           batch.tokens, batch.token_lengths)), gen)
+                args = (t.to(self.device, non_blocking=True) for t in (batch.audio, batch.audio_lengths,
+                                                                        batch.tokens, batch.token_lengths))
+                out = module(*args, gen)
             loss = out["loss"] / len(batches)
             finite &= bool(torch.isfinite(loss))
             self.scaler.scale(loss).backward()
@@ -244,14 +267,18 @@ class Trainer:
                 totals[k] += float(out[k].detach()) / (len(batches) if k != "infeasible" else 1)
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        finite = finite and bool(torch.isfinite(grad_norm))
+        grads_finite = bool(torch.isfinite(grad_norm))
         if self.world > 1:  # every rank must take the same decision
-            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item() > 0)
-        if finite:
+            flags = torch.tensor([float(finite), float(grads_finite)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            finite, grads_finite = bool(flags[0] > 0), bool(flags[1] > 0)
+        if finite and grads_finite:
             self.scaler.step(self.opt)
             self.sched.step()
+        elif finite and self.scaler.is_enabled():
+            # fp16: a finite loss whose scaled gradients overflowed. The GradScaler is still
+            # calibrating (or backing off) its scale: an expected skip, not a broken batch.
+            self.progress.skipped_scaler += 1
         else:
             self.progress.skipped_nonfinite += 1
         self.scaler.update()
@@ -260,7 +287,7 @@ class Trainer:
         self.progress.infeasible += int(totals["infeasible"])
         self.progress.audio_seconds += seconds
         totals.update(grad_norm=float(grad_norm), lr=self.sched.get_last_lr()[0], seconds=seconds,
-                      skipped=float(not finite))
+                      skipped=float(not (finite and grads_finite)))
         return totals
 
     # ------------------------------------------------------------------ evaluate
@@ -287,7 +314,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(self.progress.epoch, self.progress.batches_in_epoch),
             "progress": self.progress.__dict__.copy(),
-            "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate()))},
+            "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate())),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": to_dict(self.cfg),
             **ckpt.tokenizer_state(self.tokenizer),
         }
@@ -366,13 +394,30 @@ def _primary_wer(metrics: dict[str, float]) -> float:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` for "auto"/"cuda", ``cuda:N+LOCAL_RANK`` for
+    "cuda:N" (N offsets the ranks' GPUs; one process: GPU N), else ``name`` ("cpu")."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device = {name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+    base = torch.device(name).index or 0
+    index = base + local_rank
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"trainer.device = {name!r} with LOCAL_RANK {local_rank} needs GPU {index}, but this "
+                           f"machine has {torch.cuda.device_count()}; lower --nproc_per_node or the device index")
+    return torch.device("cuda", index)
+
+
+def stream_seed(seed: int, rank: int, step: int, stream: str) -> int:
+    """A 63-bit seed for one random stream ("augment", "dropout") of one rank at one step.
+
+    A hash, so that streams of neighbouring ranks, steps and names are unrelated (seed + rank
+    would make rank 1 at step s replay rank 0 at step s + 1 under a linear formula).
+    """
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class _null:

@@ -343,3 +343,70 @@ def test_cli_unknown_key_names_it(tmp_path):
         cli.main(["train", "--config", str(TINY), "--set", "trainer.no_such_key=1",
                   "--set", f"trainer.output_dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- precision, RNG streams, devices
+
+
+def test_bf16_on_cpu_trains(tmp_path):
+    """bf16 autocast runs on CPU: a few steps on one batch stay finite and the loss falls."""
+    cfg = tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT), "trainer.precision=bf16",
+                      "spec_augment.freq_masks=0", "spec_augment.time_masks=0", "optim.schedule=constant",
+                      "optim.warmup_steps=0", "optim.lr=3e-3", "train_dataset.batch_seconds=100.0",
+                      "train_dataset.num_buckets=1")
+    tr = Trainer(cfg)
+    tr.setup()
+    assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    batch = next(tr.micro_batches())
+    seen = {}
+    hook = tr.model.encoder.register_forward_hook(lambda m, i, o: seen.update(enc=o[0].dtype) and None)
+    values = [tr.train_step([batch]) for _ in range(8)]
+    hook.remove()
+    assert seen["enc"] == torch.bfloat16  # autocast really ran the encoder in bf16
+    assert all(math.isfinite(v["loss"]) and v["skipped"] == 0.0 for v in values)
+    assert values[-1]["loss"] < 0.8 * values[0]["loss"], [v["loss"] for v in values]
+
+
+def test_scaler_skips_are_counted_apart_from_nonfinite(tmp_path):
+    """fp16's GradScaler skips steps whose scaled gradients overflow while it calibrates.
+
+    A CPU GradScaler with a huge initial scale overflows the float32 gradients the same way:
+    those steps (finite loss) are counted in ``skipped_scaler``, leave the weights alone, and
+    the scale backs off until steps go through; ``skipped_nonfinite`` stays 0.
+    """
+    tr = Trainer(tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:2])))
+    tr.setup()
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126, growth_interval=1000)
+    batch = next(tr.micro_batches())
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    v = tr.train_step([batch])
+    assert v["skipped"] == 1.0 and tr.progress.skipped_scaler == 1 and tr.progress.skipped_nonfinite == 0
+    assert all(torch.equal(p, before[k]) for k, p in tr.model.state_dict().items())
+    for _ in range(12):
+        v = tr.train_step([batch])
+        if not v["skipped"]:
+            break
+    assert v["skipped"] == 0.0 and tr.progress.skipped_nonfinite == 0 and tr.progress.skipped_scaler >= 1
+    assert tr.scaler.get_scale() < 2.0**126
+
+
+def test_random_streams_differ_by_rank_and_step():
+    from asrlib.train import stream_seed
+
+    seeds = {stream_seed(1234, r, s, n) for r in range(4) for s in range(50) for n in ("augment", "dropout")}
+    assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
+    assert stream_seed(1234, 1, 7, "dropout") == stream_seed(1234, 1, 7, "dropout")  # a pure function
+
+
+def test_pick_device_offsets_cuda_by_local_rank(monkeypatch):
+    from asrlib.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert pick_device("cuda", 3) == torch.device("cuda", 3)
+    assert pick_device("auto", 5) == torch.device("cuda", 5)
+    assert pick_device("cuda:2", 0) == torch.device("cuda", 2)
+    assert pick_device("cuda:4", 3) == torch.device("cuda", 7)
+    with pytest.raises(RuntimeError, match="needs GPU 9"):
+        pick_device("cuda:2", 7)
+    assert pick_device("cpu", 3) == torch.device("cpu")
