@@ -15,8 +15,11 @@ started from the cached state.
 
 Backends (``Mamba2Config.backend``): "torch" is the pure-PyTorch scan (CPU or GPU); "cuda"
 uses ``mamba_ssm.mamba_chunk_scan_combined`` (needs the mamba-ssm package and CUDA tensors);
-"auto" uses it when it is importable and the input is on a GPU, otherwise "torch". The fused
-kernel only replaces the scan in ``forward``; ``step`` always runs the PyTorch code.
+"auto" uses it when it is importable and the input is on a GPU, otherwise "torch" (on a GPU it
+then warns once, naming why mamba-ssm could not be imported). The fused kernel only replaces
+the scan in ``forward``; ``step`` always runs the PyTorch code. The backend is a runtime
+choice, not a property of the weights: loaders rebuild saved models with "auto" (see
+asrlib/checkpoint.py), so a model trained with "cuda" runs on a CPU.
 
 Shapes: B batch, T time, D d_model, H heads, P head dim (headdim), G ngroups, N d_state,
 E = expand * D = H * P (inner dim), Cv = E + 2 G N (conv channels), W = d_conv.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -41,13 +45,29 @@ from asrlib.model.ssd import expand_groups, ssd_chunked
 
 
 @functools.lru_cache(maxsize=None)
-def _load_mamba_ssm_scan():
-    """``mamba_chunk_scan_combined`` from mamba-ssm, or None when it is not installed."""
+def _import_mamba_ssm_scan():
+    """(``mamba_chunk_scan_combined`` or None, why it is None: "" | the import error)."""
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken CUDA/triton install
-        return None
-    return mamba_chunk_scan_combined
+    except Exception as e:  # ImportError, or a broken CUDA/triton install (OSError, RuntimeError, …)
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return mamba_chunk_scan_combined, ""
+
+
+def _load_mamba_ssm_scan():
+    """``mamba_chunk_scan_combined`` from mamba-ssm, or None when it cannot be imported."""
+    return _import_mamba_ssm_scan()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback_once() -> str:
+    """Warn (once per process) that "auto" on a GPU falls back to the slow scan, and why."""
+    why = _import_mamba_ssm_scan()[1]
+    msg = (f"mamba2 backend 'auto' on a GPU: cannot import mamba_ssm ({why}); using the pure-PyTorch SSD "
+           "scan (correct, slower). Install or repair it (pip install 'asrlib[cuda]'), or set "
+           "model.encoder.mamba2.backend = \"torch\" to silence this")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return msg
 
 
 @dataclass
@@ -143,7 +163,9 @@ class Mamba2Mixer(nn.Module):
                     "use backend \"auto\" or \"torch\" on CPU"
                 )
             return True
-        return available and x.is_cuda  # "auto"
+        if x.is_cuda and not available:  # "auto": say once why the fast path is off
+            _warn_fallback_once()
+        return available and x.is_cuda
 
     # ------------------------------------------------------------------ training path
 
