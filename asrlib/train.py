@@ -5,7 +5,7 @@
 
 Phases: ``setup`` (devices, data, model, optimiser, logger, resume) -> ``train_step`` (one
 optimiser update, possibly over several accumulated micro-batches) -> ``evaluate`` (losses and
-WER of CTC and RNN-T greedy on the validation manifests) -> ``save_checkpoint`` (atomic; last K
+WER of CTC and RNN-T greedy on the validation manifests, sharded across ranks) -> ``save_checkpoint`` (atomic; last K
 kept, plus ``best.pt`` by validation WER; also every ``trainer.save_every_minutes`` and on
 SIGINT/SIGTERM, after finishing the step). A new run never reuses a folder holding an earlier
 run (see asrlib/run_folder.py); ``--resume auto`` falls back to the previous checkpoint when the
@@ -296,7 +296,7 @@ class Trainer:
         self.model.eval()
         results = {}
         for name, dataset in self.val_sets:
-            r = evaluate_dataset(self.model, dataset, self.tokenizer, self.device, self.cfg)
+            r = evaluate_dataset(self.model, dataset, self.tokenizer, self.device, self.cfg, self.rank, self.world)
             results.update({f"{name}/{k}": v for k, v in r.items() if not isinstance(v, list)})
             if self.logger:
                 for ref, hyp in r["examples"][:3]:

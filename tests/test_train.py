@@ -282,6 +282,36 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert moved > 1e-3  # the step really trained (AdamW's first step moves weights by ~lr = 2e-3)
 
 
+def test_ddp_validation_is_sharded_and_gives_the_one_process_wer(tmp_path):
+    """Two gloo ranks each decode part of the dev set (3 + 2 utterances) and sum their counts:
+    the WERs, utterance count and losses equal one process decoding all of it.
+
+    The learning rate is 0, so both runs validate the seeded initial model (an update would
+    differ between them by float32 round-off)."""
+    train = make_manifest(tmp_path, EQUAL_TOKENS)
+    valid = make_manifest(tmp_path, [6, 9, 11, 13, 15], "valid.jsonl")
+    common = ["trainer.max_steps=1", "trainer.num_threads=1", "optim.lr=0.0", "optim.warmup_steps=0",
+              "optim.schedule=constant", "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
+              f"train_dataset.train_manifest={train}", f"validation_dataset.validation_manifest={valid}",
+              "validation_dataset.max_batch_size=2", "train_dataset.max_batch_size=1"]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "asrlib.train", "--config", str(TINY)]
+    for o in common + [f"trainer.output_dir={tmp_path / 'ddp'}"]:
+        args += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [m for m in read_metrics(tmp_path / "ddp") if m["split"] == "valid"][-1]
+
+    one = Trainer(load_config(TINY, common + [f"trainer.output_dir={tmp_path / 'one'}"]))
+    one.setup()
+    want = one.evaluate()
+    assert got["valid/num_utterances"] == want["valid/num_utterances"] == 5
+    assert got["valid/wer_rnnt"] == want["valid/wer_rnnt"] and got["valid/wer_ctc"] == want["valid/wer_ctc"]
+    for k in ("valid/loss", "valid/rnnt", "valid/ctc"):
+        assert got[k] == pytest.approx(want[k], rel=1e-5), k
+
+
 # --------------------------------------------------------------------------- logging
 
 
