@@ -203,15 +203,11 @@ class Trainer:
     # ------------------------------------------------------------------ train_step
     def micro_batches(self):
         """Endless stream of batches, epoch after epoch, resuming mid-epoch where saved."""
-        # A private generator: creating a DataLoader iterator draws a seed from it, and drawing
-        # from the global RNG would make a resumed run's dropout differ from an uninterrupted one.
-        loader_args = dict(collate_fn=self.train_set.collate, num_workers=self.cfg.train_dataset.num_workers,
-                           generator=torch.Generator().manual_seed(self.cfg.trainer.seed))
+        loader = self.train_loader()
         while True:
             p = self.progress
             self.sampler.load_state_dict(self.sampler.state_dict(p.epoch, p.batches_in_epoch))
-            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **loader_args)
-            for batch in loader:
+            for batch in loader:  # a new pass over the sampler; persistent workers are reused
                 p.batches_in_epoch += 1
                 if batch.dropped:
                     p.skipped_utterances += batch.dropped
@@ -220,6 +216,19 @@ class Trainer:
                     yield batch
             self.progress.epoch += 1
             self.progress.batches_in_epoch = 0
+
+    def train_loader(self) -> torch.utils.data.DataLoader:
+        """The training DataLoader (one per run; each epoch is a new pass over it)."""
+        td = self.cfg.train_dataset
+        workers = td.num_workers
+        # A private generator: creating a DataLoader iterator draws a seed from it, and drawing
+        # from the global RNG would make a resumed run's dropout differ from an uninterrupted one.
+        args = dict(collate_fn=self.train_set.collate, num_workers=workers,
+                    generator=torch.Generator().manual_seed(self.cfg.trainer.seed),
+                    pin_memory=td.pin_memory and self.device.type == "cuda")
+        if workers > 0:
+            args.update(persistent_workers=td.persistent_workers, prefetch_factor=td.prefetch_factor)
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **args)
 
     def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Speed, then gain, per utterance, drawn from ``gen`` (see asrlib/data/augment.py)."""

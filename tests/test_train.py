@@ -440,3 +440,24 @@ def test_pick_device_offsets_cuda_by_local_rank(monkeypatch):
     with pytest.raises(RuntimeError, match="needs GPU 9"):
         pick_device("cuda:2", 7)
     assert pick_device("cpu", 3) == torch.device("cpu")
+
+
+def test_loader_workers_give_the_same_batches_across_epochs(tmp_path):
+    """Worker processes (persistent, prefetching) deliver the batches of the in-process loader,
+    epoch after epoch; bad loader settings are config errors naming the key."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    seqs = []
+    for i, workers in enumerate((0, 1)):
+        tr = Trainer(tiny_config(tmp_path / f"run{i}", train, f"train_dataset.num_workers={workers}",
+                                 "train_dataset.batch_seconds=2.5", "train_dataset.max_batch_size=2"))
+        tr.setup()
+        stream = tr.micro_batches()
+        n = 2 * len(tr.sampler) + 1  # into the third epoch
+        seqs.append([next(stream).indices for _ in range(n)])
+        assert tr.progress.epoch == 2
+    assert seqs[0] == seqs[1]
+    assert seqs[0][: len(seqs[0]) // 2] != seqs[0][len(seqs[0]) // 2 : 2 * (len(seqs[0]) // 2)]  # reshuffled
+    with pytest.raises(ConfigError, match="train_dataset.prefetch_factor"):
+        load_config(TINY, ["train_dataset.prefetch_factor=0"])
+    with pytest.raises(ConfigError, match="train_dataset.num_workers"):
+        load_config(TINY, ["train_dataset.num_workers=-1"])
