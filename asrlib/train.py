@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, load_config, to_dict
-from asrlib.data.augment import gain_perturb, speed_perturb
+from asrlib.data.augment import gain_perturb, spec_augment_noise, speed_perturb
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
@@ -268,7 +268,8 @@ class Trainer:
                                      enabled=self.amp_dtype is not None):
                 args = (t.to(self.device, non_blocking=True) for t in (batch.audio, batch.audio_lengths,
                                                                         batch.tokens, batch.token_lengths))
-                out = module(*args, gen)
+                noise = spec_augment_noise(len(batch), self.cfg.spec_augment, gen).to(self.device)
+                out = module(*args, noise)
             loss = out["loss"] / len(batches)
             finite &= bool(torch.isfinite(loss))
             self.scaler.scale(loss).backward()

@@ -97,6 +97,8 @@ class Mamba2Mixer(nn.Module):
         if cfg.backend not in ("auto", "torch", "cuda"):
             raise ValueError(f"mamba2: backend must be 'auto', 'torch' or 'cuda', got {cfg.backend!r}")
         self.cfg = cfg
+        # Resolved once here, not in forward: an import inside forward is a torch.compile graph break.
+        self._fused_scan = None if cfg.backend == "torch" else _load_mamba_ssm_scan()
         self.d_model, self.d_inner, self.n_heads = d_model, d_inner, n_heads
         self.headdim, self.ngroups, self.d_state = cfg.headdim, cfg.ngroups, cfg.d_state
         self.conv_dim = d_inner + 2 * cfg.ngroups * cfg.d_state
@@ -150,7 +152,7 @@ class Mamba2Mixer(nn.Module):
         backend = self.cfg.backend
         if backend == "torch":
             return False
-        available = _load_mamba_ssm_scan() is not None
+        available = self._fused_scan is not None
         if backend == "cuda":
             if not available:
                 raise RuntimeError(
@@ -178,8 +180,7 @@ class Mamba2Mixer(nn.Module):
         xbc = F.silu(self.conv1d(xbc)).transpose(1, 2)  # (B, T, Cv)
         x, dt, A, b, c = self._ssm_inputs(xbc, dt_raw)
         if self._use_cuda_kernel(u):
-            scan = _load_mamba_ssm_scan()
-            y = scan(x, dt, A, b, c, self.cfg.chunk_size).to(dt.dtype)  # (B, T, H, P)
+            y = self._fused_scan(x, dt, A, b, c, self.cfg.chunk_size).to(dt.dtype)  # (B, T, H, P)
         else:
             y, _ = ssd_chunked(x.to(dt.dtype), dt, A, b, c, self.cfg.chunk_size)  # (B, T, H, P)
         return self._output(y, x, z)
