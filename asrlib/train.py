@@ -121,6 +121,27 @@ class Trainer:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
+        self.build_training_modules()
+
+        self.val_sets = []
+        for path in cfg.validation_dataset.validation_manifest:
+            ventries, vreport = read_manifest([path], max_duration=vd.max_duration, strict=False)
+            self.log_line(f"validation {Path(path).name}: {vreport.summary()}")
+            if not ventries:
+                raise UsageError(f"validation manifest {path} has no usable utterance ({vreport.summary()}); "
+                                 "fix it (asrlib manifest check) or set validation_dataset.validation_manifest = []")
+            self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
+        self.progress = Progress()
+        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
+        self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
+        self.maybe_resume()
+        n = count_parameters(self.model)
+        self.log_line(f"model: {n / 1e6:.2f} M parameters; device {self.device}; world size {self.world}")
+
+    def build_training_modules(self) -> None:
+        """Loss module, DDP wrapper, compilation, optimiser, schedule, autocast dtype, GradScaler
+        around ``self.model`` (on ``self.device``); bench/gpu_step.py calls it on a bare Trainer."""
+        cfg = self.cfg
         self.loss_module = HybridLoss(self.model, cfg)
         self.ddp = None
         if self.world > 1:
@@ -138,21 +159,6 @@ class Trainer:
             self.log_line("trainer.precision = fp16 needs a GPU; training in float32 (bf16 works on CPU)")
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-
-        self.val_sets = []
-        for path in cfg.validation_dataset.validation_manifest:
-            ventries, vreport = read_manifest([path], max_duration=vd.max_duration, strict=False)
-            self.log_line(f"validation {Path(path).name}: {vreport.summary()}")
-            if not ventries:
-                raise UsageError(f"validation manifest {path} has no usable utterance ({vreport.summary()}); "
-                                 "fix it (asrlib manifest check) or set validation_dataset.validation_manifest = []")
-            self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
-        self.progress = Progress()
-        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
-        self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
-        self.maybe_resume()
-        n = count_parameters(self.model)
-        self.log_line(f"model: {n / 1e6:.2f} M parameters; device {self.device}; world size {self.world}")
 
     def estimate_feature_stats(self, max_utterances: int = 256) -> None:
         """Per-bin log-mel mean/std from a seeded sample of training utterances (same on every rank).
