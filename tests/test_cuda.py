@@ -46,16 +46,14 @@ def test_mixed_precision_steps_learn(tmp_path, precision):
 
 
 def test_compile_on_cuda_matches_eager(tmp_path):
-    """Two steps compiled == two steps eager: losses within 1e-3 relative (kernel fusion
-    reorders float32 sums), parameters within 1e-4 absolute (two AdamW steps move them ~6e-3)."""
-    runs = []
-    for i, comp in enumerate((False, True)):
-        tr = _trainer(tmp_path / str(i), f"trainer.compile={str(comp).lower()}")
-        batch = next(tr.micro_batches())
-        runs.append(([tr.train_step([batch])["loss"] for _ in range(2)], tr.model.state_dict()))
-    (la, sa), (lb, sb) = runs
-    assert lb == pytest.approx(la, rel=1e-3)
-    assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) <= 1e-4
+    """Two steps compiled == two steps eager on CUDA: losses within 1e-4 relative, AdamW first
+    moments within 1e-3 of each parameter's largest entry (fused kernels reorder sums; TF32 off)."""
+    from test_train import assert_steps_close, two_steps
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    eager = two_steps(tmp_path, "eager", "trainer.device=cuda")
+    compiled = two_steps(tmp_path, "compiled", "trainer.device=cuda", "trainer.compile=true")
+    assert_steps_close(eager, compiled, 1e-4, 1e-3)
 
 
 def test_streaming_equals_full_on_cuda():
