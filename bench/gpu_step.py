@@ -173,10 +173,16 @@ def main() -> int:
     p.add_argument("--vocab", type=int, default=1024, help="token pieces (seed_large's tokenizer is a real corpus's)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default: by name)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the +compile modes "
+                   "(aot_eager: capture only, no code generation; the dry run uses it on a CPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_backend != "inductor":
+        import functools
+
+        torch.compile = functools.partial(torch.compile, backend=args.compile_backend)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -227,6 +233,7 @@ def main() -> int:
                   "vocab": args.vocab, "audio_seconds": round(utts * args.seconds, 1)},
         "model_tflops_per_step": float(f"{flops / 1e12:.4g}"),
         "stated_bf16_peak_tflops": peak,
+        "compile_backend": args.compile_backend,
         "cpu_speed_perturb_seconds_per_batch": perturb_s,
         "modes": modes,
     }, indent=1))
