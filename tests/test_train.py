@@ -509,3 +509,22 @@ def test_compiled_inductor_two_steps_match_eager(tmp_path):
     compiled = two_steps(tmp_path, "compiled", "trainer.compile=true")
     assert compiled[0] == pytest.approx(eager[0], rel=1e-5)
     assert_steps_close(eager, compiled, 1e-5, 1e-4)
+
+
+def test_compile_wraps_the_module_that_trains(tmp_path, monkeypatch):
+    """trainer.compile compiles what train_step calls (the DDP wrapper under DDP, else the loss
+    module); it used to compile a module that never ran under DDP."""
+    compiled = []
+
+    def fake_compile(module, **kw):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    tr = Trainer(tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:1]), "trainer.compile=true"))
+    tr.setup()
+    assert compiled == [tr.loss_module] and tr.train_module is tr.loss_module and tr.ddp is None
+    calls = []
+    monkeypatch.setattr(tr, "train_module", lambda *a: calls.append(1) or tr.loss_module(*a))
+    tr.train_step([next(tr.micro_batches())])
+    assert calls == [1]
