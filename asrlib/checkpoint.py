@@ -11,6 +11,10 @@
   ``config.json`` (the ModelConfig and the tokenizer's sha256) and ``tokenizer.model``.
 - ``load_model_and_tokenizer`` returns a model with *its* tokenizer; a tokenizer given on the
   command line must be the same file (same sha256) or it is a one-line error.
+- Runtime choices are not properties of the weights: ``model.encoder.mamba2.backend`` (which
+  scan kernel runs) is ignored when a resumed run's config is compared with the checkpoint's,
+  and loaders rebuild a saved model with ``backend = "auto"`` (or the one asked for), so a
+  model trained on a GPU with the mamba-ssm kernels runs offline on a CPU.
 - Rotation deletes only checkpoints up to the current step: files of a later step (another
   run's, or the future of a run resumed from an earlier checkpoint) are never touched.
 """
@@ -116,9 +120,16 @@ def tokenizer_from_state(state: dict, where: str | Path):
     return tok
 
 
+RUNTIME_KEYS = ("model.encoder.mamba2.backend",)  # runtime choices: may differ between save and load
+
+
 def model_mismatch(saved: dict, now: dict, prefix: str = "model") -> str | None:
-    """The first config key whose value differs, as ``key: saved X, now Y`` (None if equal)."""
+    """The first config key whose value differs, as ``key: saved X, now Y`` (None if equal).
+
+    Keys in ``RUNTIME_KEYS`` are not compared."""
     for key in sorted(set(saved) | set(now)):
+        if f"{prefix}.{key}" in RUNTIME_KEYS:
+            continue
         a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             found = model_mismatch(a, b, f"{prefix}.{key}")
@@ -154,10 +165,12 @@ def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer=None) -> N
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HybridASR, Path | None]:
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               mamba_backend: str = "auto") -> tuple[HybridASR, Path | None]:
     """Load a model from a training checkpoint (.pt) or an exported folder.
 
-    Returns the model in eval mode and the tokenizer path it was trained with (or None).
+    Returns the model in eval mode and the tokenizer path it was trained with (or None). The
+    Mamba2 scan backend is ``mamba_backend``, whatever the saved config says (a runtime choice).
     """
     path = Path(path)
     if path.is_dir():
@@ -165,6 +178,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Hy
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path}: no config.json; is this an exported asrlib model folder?")
         cfg = model_config_from_dict(json.loads(cfg_file.read_text())["model"])
+        cfg.encoder.mamba2.backend = mamba_backend
         model = build_model(cfg)
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         tok = path / "tokenizer.model"
@@ -172,6 +186,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Hy
     else:
         ck = load_checkpoint(path)
         cfg = model_config_from_dict(ck["config"]["model"])
+        cfg.encoder.mamba2.backend = mamba_backend
         model = build_model(cfg)
         model.load_state_dict(ck["model"])
         tok_path = Path(ck["tokenizer_path"]) if ck.get("tokenizer_path") else None

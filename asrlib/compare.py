@@ -35,28 +35,30 @@ def feed(rec: StreamingRecognizer, wave: np.ndarray, piece_samples: int) -> None
 
 @torch.no_grad()
 def compare_stream(model: HybridASR, wave: np.ndarray, piece_samples: int = 1600, tokenizer=None) -> dict:
-    """Full (chunk-masked) model vs the streaming path on one waveform at the model's rate."""
+    """Full (chunk-masked) model vs the streaming path on one waveform at the model's rate,
+    both on the model's device."""
     model = model.eval()
+    device = next(model.parameters()).device
     detok = tokenizer.decode if tokenizer is not None else None
     t0 = time.perf_counter()
-    audio = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None]  # (1, S)
-    enc, enc_len = model(audio, torch.tensor([audio.shape[1]]))  # (1, T', D)
+    audio = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None].to(device)  # (1, S)
+    enc, enc_len = model(audio, torch.tensor([audio.shape[1]], device=device))  # (1, T', D)
     full_ctc = CTCGreedyDecoder(CTCGreedyOptions(model.blank)).decode(model.ctc_head(enc), enc_len, detok)[0]
     full_rnnt = RNNTGreedyDecoder(RNNTGreedyOptions(model.blank)).decode(model.prediction, model.joint, enc, enc_len,
                                                                           detok)[0]
     t_full = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rec = StreamingRecognizer(model, tokenizer, decoder="rnnt_greedy", keep_encoder_output=True)
+    rec = StreamingRecognizer(model, tokenizer, decoder="rnnt_greedy", keep_encoder_output=True, device=device)
     feed(rec, wave, piece_samples)
     stream_rnnt = rec.finalize()
     t_stream = time.perf_counter() - t0
-    rec_ctc = StreamingRecognizer(model, tokenizer, decoder="ctc_greedy")
+    rec_ctc = StreamingRecognizer(model, tokenizer, decoder="ctc_greedy", device=device)
     feed(rec_ctc, wave, piece_samples)
     stream_ctc = rec_ctc.finalize()
 
     full = enc[0, : int(enc_len[0])]  # (T', D)
-    streamed = rec.encoder_output()
+    streamed = rec.encoder_output().to(device)
     same_frames = tuple(full.shape) == tuple(streamed.shape) or (full.shape[0] == 0 and streamed.numel() == 0)
     diff = float((full - streamed).abs().max()) if same_frames and full.numel() else (0.0 if same_frames else float("inf"))
     same_rnnt = stream_rnnt.tokens == full_rnnt.tokens
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="let --json replace an existing file")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     args = p.parse_args(argv)
     if args.json:
         refuse_existing_file(args.json, args.force, [*args.audio, args.checkpoint])
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from asrlib.checkpoint import load_model
     from asrlib.tokenizer import Tokenizer
 
-    model, tok_path = load_model(args.checkpoint)
+    model, tok_path = load_model(args.checkpoint, args.device)
     tokenizer = Tokenizer(tok_path) if tok_path else None
     reports, ok = [], True
     for path in args.audio:

@@ -132,7 +132,10 @@ class TrainDatasetConfig:
     max_batch_size: int = 64  # cap on utterances per batch
     num_buckets: int = 10
     sorted_epochs: int = 0  # first epochs whose batches go shortest first (SortaGrad), then shuffled
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes decoding audio (0 = in the training process)
+    pin_memory: bool = True  # page-locked batches for asynchronous host -> GPU copies (GPU only)
+    persistent_workers: bool = True  # keep workers alive across epochs (with num_workers > 0)
+    prefetch_factor: int = 2  # batches each worker prepares ahead (with num_workers > 0)
     strict: bool = False  # True: a bad utterance is an error; False: skipped and counted
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
     gain_db: list[float] = field(default_factory=list)  # [low, high]: random gain per utterance, e.g. [-20.0, 6.0]
@@ -388,6 +391,11 @@ def _check_ranges(cfg: "Config", source: str) -> None:
     gain = cfg.train_dataset.gain_db
     if gain and (len(gain) != 2 or gain[0] > gain[1]):
         raise ConfigError(f"{source}: train_dataset.gain_db: expected [low, high] in dB with low <= high, got {gain!r}")
+    if cfg.train_dataset.num_workers < 0:
+        raise ConfigError(f"{source}: train_dataset.num_workers: expected >= 0, got {cfg.train_dataset.num_workers}")
+    if cfg.train_dataset.prefetch_factor < 1:
+        raise ConfigError(f"{source}: train_dataset.prefetch_factor: expected >= 1, got "
+                          f"{cfg.train_dataset.prefetch_factor}")
     if any(f <= 0 for f in cfg.train_dataset.speed_perturb):
         raise ConfigError(f"{source}: train_dataset.speed_perturb: factors must be > 0, got {cfg.train_dataset.speed_perturb!r}")
     check_loss_config(cfg.loss, cfg.model, source)

@@ -33,7 +33,7 @@ from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
-from asrlib.metrics import error_report, wer
+from asrlib.metrics import EditCounts, error_report, word_counts
 from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import StreamingRecognizer
 from asrlib.errors import UsageError, refuse_existing_file, report_usage_errors
@@ -126,12 +126,21 @@ def skipped_line(r: dict) -> str:
 
 
 @torch.no_grad()
-def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokenizer, device, cfg: Config) -> dict:
-    """Losses and greedy WER (CTC and RNN-T) of ``model`` on ``dataset``."""
+def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokenizer, device, cfg: Config,
+                     rank: int = 0, world: int = 1) -> dict:
+    """Losses and greedy WER (CTC and RNN-T) of ``model`` on ``dataset``.
+
+    Under DDP (``world`` > 1, a process group initialised) each rank decodes every ``world``-th
+    batch of the duration-sorted plan (no batch twice: nothing is padded) and the ranks sum
+    their counts (loss sums, utterances, word errors, reference words) with one all_reduce, so
+    every rank returns the WER and losses of the whole set, ``world`` times faster. The
+    ``examples`` are this rank's.
+    """
     vd = cfg.validation_dataset
     sampler = BucketBatchSampler([e.duration for e in dataset.entries], vd.batch_seconds, vd.max_batch_size,
                                  1, 0, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
+    shard = sampler.plan()[rank::world]  # (rank's batches of dataset indices)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=shard, collate_fn=dataset.collate,
                                          generator=torch.Generator())  # leaves the global RNG alone
     from asrlib.losses.hybrid import HybridLoss
 
@@ -154,10 +163,22 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
         rnnt_hyps += [r.text for r in rnnt_dec.decode(model.prediction, model.joint, enc, enc_lengths,
                                                        tokenizer.decode)]
         refs += batch.texts
-    result = {k: v / max(n, 1) for k, v in sums.items()}
-    result.update(wer_ctc=wer(refs, ctc_hyps), wer_rnnt=wer(refs, rnnt_hyps), num_utterances=float(n))
+    c, r = word_counts(refs, ctc_hyps), word_counts(refs, rnnt_hyps)
+    counts = [sums["loss"], sums["rnnt"], sums["ctc"], n, c.ref_len, c.errors, r.errors]
+    if world > 1:
+        t = torch.tensor(counts, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        counts = t.tolist()
+    loss, rnnt, ctc, n, words, ctc_errors, rnnt_errors = counts
+    result = {"loss": loss / max(n, 1), "rnnt": rnnt / max(n, 1), "ctc": ctc / max(n, 1)}
+    result.update(wer_ctc=_rate(ctc_errors, words), wer_rnnt=_rate(rnnt_errors, words), num_utterances=float(n))
     result["examples"] = list(zip(refs, rnnt_hyps))
     return result
+
+
+def _rate(errors: float, words: float) -> float:
+    """WER from summed counts, as EditCounts.rate defines it (no reference words: 0 or 1)."""
+    return EditCounts(ref_len=int(round(words)), insertions=int(round(errors))).rate
 
 
 @report_usage_errors("evaluate", TokenizerError, ManifestError, FileNotFoundError)

@@ -80,6 +80,11 @@ def _total(refs: Sequence[str] | str, hyps: Sequence[str] | str, unit: str) -> E
     return total
 
 
+def word_counts(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> EditCounts:
+    """Summed word edit counts: the corpus WER of several shards is the rate of their sum."""
+    return _total(refs, hyps, "word")
+
+
 def wer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> float:
     """Corpus word error rate, a fraction. ``wer(["a b c d"], ["a x c"]) == 0.5``."""
     return _total(refs, hyps, "word").rate

@@ -5,20 +5,28 @@
 
 Phases: ``setup`` (devices, data, model, optimiser, logger, resume) -> ``train_step`` (one
 optimiser update, possibly over several accumulated micro-batches) -> ``evaluate`` (losses and
-WER of CTC and RNN-T greedy on the validation manifests) -> ``save_checkpoint`` (atomic; last K
+WER of CTC and RNN-T greedy on the validation manifests, sharded across ranks) -> ``save_checkpoint`` (atomic; last K
 kept, plus ``best.pt`` by validation WER; also every ``trainer.save_every_minutes`` and on
 SIGINT/SIGTERM, after finishing the step). A new run never reuses a folder holding an earlier
 run (see asrlib/run_folder.py); ``--resume auto`` falls back to the previous checkpoint when the
 newest is unreadable.
 
-Determinism: augmentation draws from a generator seeded by (seed, step), dropout from the
-global torch RNG whose state is checkpointed, and the sampler position is saved, so a resumed
-run continues bit-exactly on CPU.
+Determinism: every rank draws its own random numbers. Augmentation draws from a generator,
+and dropout from the global torch RNG (CPU and CUDA), both seeded at every step from
+(seed, rank, step) through :func:`stream_seed`; with the sampler position saved, a resumed run
+continues bit-exactly on CPU. (The RNG states are checkpointed as well, CUDA's included.)
+
+Devices: under torchrun each rank uses ``cuda:LOCAL_RANK`` (``trainer.device = "cuda"`` or
+``"auto"``); ``"cuda:N"`` means GPU N + LOCAL_RANK, so N offsets the ranks' GPUs. The GPU is
+made current before the NCCL group starts. ``trainer.compile`` compiles the module that trains
+(the DDP wrapper under DDP). Mixed precision: bf16 autocast on CPU or GPU, fp16 (with a
+GradScaler) on GPU only; the losses are computed in float32 either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import random
@@ -34,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, load_config, to_dict
-from asrlib.data.augment import gain_perturb, speed_perturb
+from asrlib.data.augment import gain_perturb, spec_augment_noise, speed_perturb
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
@@ -59,6 +67,7 @@ class Progress:
     epoch: int = 0
     batches_in_epoch: int = 0  # batches of this epoch already consumed (all micro-batches)
     skipped_nonfinite: int = 0  # optimiser steps skipped for a non-finite loss or gradient
+    skipped_scaler: int = 0  # fp16: steps the GradScaler skipped while calibrating its scale (finite loss)
     skipped_utterances: int = 0  # unreadable / too short / unencodable utterances dropped
     skipped_reasons: dict = field(default_factory=dict)  # reason -> count of those utterances
     infeasible: int = 0
@@ -79,6 +88,8 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(cfg.trainer.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # before NCCL: else every rank's NCCL context lands on GPU 0
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if cfg.trainer.num_threads > 0:
@@ -110,16 +121,7 @@ class Trainer:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
-        self.loss_module = HybridLoss(self.model, cfg)
-        self.ddp = DistributedDataParallel(self.loss_module) if self.world > 1 else None
-        if cfg.trainer.compile:
-            self.loss_module = torch.compile(self.loss_module)
-        self.opt = build_optimizer(self.model, cfg.optim)
-        self.sched = build_scheduler(self.opt, cfg.optim, cfg.trainer.max_steps)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.trainer.precision]
-        if self.amp_dtype is not None and self.device.type != "cuda":
-            self.amp_dtype = None  # mixed precision is a GPU feature; CPU trains in float32
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.build_training_modules()
 
         self.val_sets = []
         for path in cfg.validation_dataset.validation_manifest:
@@ -135,6 +137,28 @@ class Trainer:
         self.maybe_resume()
         n = count_parameters(self.model)
         self.log_line(f"model: {n / 1e6:.2f} M parameters; device {self.device}; world size {self.world}")
+
+    def build_training_modules(self) -> None:
+        """Loss module, DDP wrapper, compilation, optimiser, schedule, autocast dtype, GradScaler
+        around ``self.model`` (on ``self.device``); bench/gpu_step.py calls it on a bare Trainer."""
+        cfg = self.cfg
+        self.loss_module = HybridLoss(self.model, cfg)
+        self.ddp = None
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.loss_module, device_ids=ids)
+        # What trains: the DDP wrapper (or the plain module), compiled when asked. Compiling the
+        # DDP module lets dynamo split the graph at DDP's gradient buckets (DDPOptimizer).
+        self.train_module = self.ddp or self.loss_module
+        if cfg.trainer.compile:
+            self.train_module = torch.compile(self.train_module)
+        self.opt = build_optimizer(self.model, cfg.optim)
+        self.sched = build_scheduler(self.opt, cfg.optim, cfg.trainer.max_steps)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.trainer.precision]
+        if self.amp_dtype == torch.float16 and self.device.type != "cuda":
+            self.log_line("trainer.precision = fp16 needs a GPU; training in float32 (bf16 works on CPU)")
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def estimate_feature_stats(self, max_utterances: int = 256) -> None:
         """Per-bin log-mel mean/std from a seeded sample of training utterances (same on every rank).
@@ -176,6 +200,8 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"cannot resume from {path}: {str(e).strip().splitlines()[0]}") from None
         torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         random.setstate(_tuple_state(state["rng"]["python"]))
         self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
@@ -183,15 +209,11 @@ class Trainer:
     # ------------------------------------------------------------------ train_step
     def micro_batches(self):
         """Endless stream of batches, epoch after epoch, resuming mid-epoch where saved."""
-        # A private generator: creating a DataLoader iterator draws a seed from it, and drawing
-        # from the global RNG would make a resumed run's dropout differ from an uninterrupted one.
-        loader_args = dict(collate_fn=self.train_set.collate, num_workers=self.cfg.train_dataset.num_workers,
-                           generator=torch.Generator().manual_seed(self.cfg.trainer.seed))
+        loader = self.train_loader()
         while True:
             p = self.progress
             self.sampler.load_state_dict(self.sampler.state_dict(p.epoch, p.batches_in_epoch))
-            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **loader_args)
-            for batch in loader:
+            for batch in loader:  # a new pass over the sampler; persistent workers are reused
                 p.batches_in_epoch += 1
                 if batch.dropped:
                     p.skipped_utterances += batch.dropped
@@ -200,6 +222,19 @@ class Trainer:
                     yield batch
             self.progress.epoch += 1
             self.progress.batches_in_epoch = 0
+
+    def train_loader(self) -> torch.utils.data.DataLoader:
+        """The training DataLoader (one per run; each epoch is a new pass over it)."""
+        td = self.cfg.train_dataset
+        workers = td.num_workers
+        # A private generator: creating a DataLoader iterator draws a seed from it, and drawing
+        # from the global RNG would make a resumed run's dropout differ from an uninterrupted one.
+        args = dict(collate_fn=self.train_set.collate, num_workers=workers,
+                    generator=torch.Generator().manual_seed(self.cfg.trainer.seed),
+                    pin_memory=td.pin_memory and self.device.type == "cuda")
+        if workers > 0:
+            args.update(persistent_workers=td.persistent_workers, prefetch_factor=td.prefetch_factor)
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **args)
 
     def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Speed, then gain, per utterance, drawn from ``gen`` (see asrlib/data/augment.py)."""
@@ -224,34 +259,47 @@ class Trainer:
     def train_step(self, batches: list[Batch]) -> dict[str, float]:
         """One optimiser update over ``batches`` (gradient accumulation); returns logged values."""
         self.model.train()
-        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self.progress.step)
-        module = self.ddp or self.loss_module
+        seed, step = self.cfg.trainer.seed, self.progress.step
+        gen = torch.Generator().manual_seed(stream_seed(seed, self.rank, step, "augment"))
+        torch.manual_seed(stream_seed(seed, self.rank, step, "dropout"))  # CPU and every CUDA device
+        module = self.train_module
         totals = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0, "infeasible": 0.0}
         finite, seconds = True, 0.0
         for i, batch in enumerate(batches):
             batch = self.perturb(batch, gen)
             seconds += float(batch.audio_lengths.sum()) / self.cfg.model.frontend.sample_rate
             sync = self.ddp is None or i == len(batches) - 1
-            ctx = module.no_sync() if (self.ddp is not None and not sync) else _null()
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else _null()
             with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                      enabled=self.amp_dtype is not None):
-                out = module(*(t.to(self.device) for t in (batch.audio, batch.audio_lengths,
-                                                           batch.tokens, batch.token_lengths)), gen)
+                args = (t.to(self.device, non_blocking=True) for t in (batch.audio, batch.audio_lengths,
+                                                                        batch.tokens, batch.token_lengths))
+                noise = spec_augment_noise(len(batch), self.cfg.spec_augment, gen).to(self.device)
+                # the pruned loss's scales warm up with the step (passed only there: a changing int
+                # would make torch.compile recompile the full loss for nothing)
+                out = module(*args, noise, **({"step": step} if self.cfg.loss.rnnt == "pruned" else {}))
             loss = out["loss"] / len(batches)
             finite &= bool(torch.isfinite(loss))
             self.scaler.scale(loss).backward()
-            for k in totals:
+            for k in ("rnnt_simple", "rnnt_pruned"):  # the pruned loss's parts, for the curves
+                if k in out:
+                    totals[k] = totals.get(k, 0.0) + float(out[k]) / len(batches)
+            for k in ("loss", "rnnt", "ctc", "infeasible"):
                 totals[k] += float(out[k].detach()) / (len(batches) if k != "infeasible" else 1)
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        finite = finite and bool(torch.isfinite(grad_norm))
+        grads_finite = bool(torch.isfinite(grad_norm))
         if self.world > 1:  # every rank must take the same decision
-            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item() > 0)
-        if finite:
+            flags = torch.tensor([float(finite), float(grads_finite)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            finite, grads_finite = bool(flags[0] > 0), bool(flags[1] > 0)
+        if finite and grads_finite:
             self.scaler.step(self.opt)
             self.sched.step()
+        elif finite and self.scaler.is_enabled():
+            # fp16: a finite loss whose scaled gradients overflowed. The GradScaler is still
+            # calibrating (or backing off) its scale: an expected skip, not a broken batch.
+            self.progress.skipped_scaler += 1
         else:
             self.progress.skipped_nonfinite += 1
         self.scaler.update()
@@ -260,7 +308,7 @@ class Trainer:
         self.progress.infeasible += int(totals["infeasible"])
         self.progress.audio_seconds += seconds
         totals.update(grad_norm=float(grad_norm), lr=self.sched.get_last_lr()[0], seconds=seconds,
-                      skipped=float(not finite))
+                      skipped=float(not (finite and grads_finite)))
         return totals
 
     # ------------------------------------------------------------------ evaluate
@@ -269,7 +317,7 @@ class Trainer:
         self.model.eval()
         results = {}
         for name, dataset in self.val_sets:
-            r = evaluate_dataset(self.model, dataset, self.tokenizer, self.device, self.cfg)
+            r = evaluate_dataset(self.model, dataset, self.tokenizer, self.device, self.cfg, self.rank, self.world)
             results.update({f"{name}/{k}": v for k, v in r.items() if not isinstance(v, list)})
             if self.logger:
                 for ref, hyp in r["examples"][:3]:
@@ -287,7 +335,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(self.progress.epoch, self.progress.batches_in_epoch),
             "progress": self.progress.__dict__.copy(),
-            "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate()))},
+            "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate())),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": to_dict(self.cfg),
             **ckpt.tokenizer_state(self.tokenizer),
         }
@@ -366,13 +415,30 @@ def _primary_wer(metrics: dict[str, float]) -> float:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` for "auto"/"cuda", ``cuda:N+LOCAL_RANK`` for
+    "cuda:N" (N offsets the ranks' GPUs; one process: GPU N), else ``name`` ("cpu")."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device = {name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+    base = torch.device(name).index or 0
+    index = base + local_rank
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"trainer.device = {name!r} with LOCAL_RANK {local_rank} needs GPU {index}, but this "
+                           f"machine has {torch.cuda.device_count()}; lower --nproc_per_node or the device index")
+    return torch.device("cuda", index)
+
+
+def stream_seed(seed: int, rank: int, step: int, stream: str) -> int:
+    """A 63-bit seed for one random stream ("augment", "dropout") of one rank at one step.
+
+    A hash, so that streams of neighbouring ranks, steps and names are unrelated (seed + rank
+    would make rank 1 at step s replay rank 0 at step s + 1 under a linear formula).
+    """
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class _null:

@@ -5,6 +5,18 @@
 Prints JSON: utterances/s and audio-seconds/s, (a) in this process (one thread: libsndfile
 and soxr each run single-threaded here) and (b) through a DataLoader with N worker processes
 (AudioDataset + BucketBatchSampler + collate, i.e. the training input path).
+
+``--gpu-need CONFIG`` adds what a GPU step consumes at that preset's scale, and whether the
+loader keeps up with a 20x margin:
+- ``model_gflops_per_audio_second``: forward + backward FLOPs of the model per second of
+  training audio, counted by torch.utils.flop_counter on the CPU (``--vocab`` pieces,
+  ``--tokens-per-second`` targets, one 8 s utterance);
+- ``gpu_need_audio_s_per_s`` = stated GPU throughput (``--gpu-tflops`` dense bf16 peak x
+  ``--mfu``, the fraction a good step reaches) / those FLOPs;
+- ``loader_audio_s_per_s``: the config's ``num_workers`` x this machine's one-core decode rate
+  (a projection: one free core per worker), and ``loader_margin`` = that / the GPU's need;
+- ``speed_perturb_audio_s_per_s``: the trainer's speed perturbation (soxr, in the training
+  process, one core), which is on the step's critical path when the preset uses it.
 """
 
 from __future__ import annotations
@@ -33,6 +45,11 @@ def main() -> int:
     parser.add_argument("--manifest", default=str(REPO / "data_samples" / "digits" / "train.jsonl"))
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--gpu-need", default=None, metavar="CONFIG", help="e.g. configs/seed_large.toml")
+    parser.add_argument("--gpu-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
+    parser.add_argument("--mfu", type=float, default=0.3, help="fraction of the peak a step reaches")
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--tokens-per-second", type=float, default=3.0)
     args = parser.parse_args()
     entries, _ = read_manifest(args.manifest, strict=True)
     seconds = sum(e.duration for e in entries)
@@ -51,6 +68,7 @@ def main() -> int:
     n = sum(len(batch) for batch in loader)
     loader_time = time.perf_counter() - start
 
+    extra = gpu_need(args, seconds / in_process) if args.gpu_need else {}
     print(json.dumps({
         "manifest": os.path.relpath(args.manifest, REPO),
         "utterances": len(entries),
@@ -64,8 +82,52 @@ def main() -> int:
         "dataloader_audio_s_per_s": round(seconds / loader_time, 1),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        **extra,
     }, indent=1))
     return 0
+
+
+def gpu_need(args, one_core_audio_s_per_s: float) -> dict:
+    import numpy as np
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from asrlib.config import load_config
+    from asrlib.data.augment import speed_perturb
+    from asrlib.losses.hybrid import HybridLoss
+    from asrlib.model.hybrid import build_model
+
+    cfg = load_config(args.gpu_need)
+    cfg.model.vocab_size = args.vocab
+    sr, secs = cfg.model.frontend.sample_rate, 8.0
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    loss = HybridLoss(model, cfg)
+    audio = 0.1 * torch.randn(1, int(secs * sr))  # (1, S)
+    u = int(args.tokens_per_second * secs)
+    with FlopCounterMode(display=False) as fc:
+        out = loss(audio, torch.tensor([audio.shape[1]]), torch.randint(0, args.vocab, (1, u)), torch.tensor([u]))
+        out["loss"].backward()
+    flops_per_s = fc.get_total_flops() / secs
+    need = args.gpu_tflops * 1e12 * args.mfu / flops_per_s
+    wave = np.random.default_rng(0).standard_normal(sr * 10).astype(np.float32)
+    start = time.perf_counter()
+    for f in (0.9, 1.1, 0.9, 1.1):
+        speed_perturb(wave, f, sr)
+    perturb_rate = 40.0 / (time.perf_counter() - start)
+    workers = cfg.train_dataset.num_workers
+    loader = workers * one_core_audio_s_per_s
+    return {
+        "gpu_need_config": args.gpu_need,
+        "model_gflops_per_audio_second": round(flops_per_s / 1e9, 2),
+        "stated_gpu": {"bf16_peak_tflops": args.gpu_tflops, "mfu": args.mfu},
+        "gpu_need_audio_s_per_s": round(need, 1),
+        "config_num_workers": workers,
+        "loader_audio_s_per_s": round(loader, 1),
+        "loader_margin": round(loader / need, 2),
+        "loader_margin_ok_20x": loader >= 20 * need,
+        "speed_perturb_audio_s_per_s": round(perturb_rate, 1),
+        "speed_perturb_margin": round(perturb_rate / need, 2) if cfg.train_dataset.speed_perturb else None,
+    }
 
 
 if __name__ == "__main__":

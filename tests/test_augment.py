@@ -52,3 +52,40 @@ def test_spec_augment_masks_within_bounds_and_leaves_padding():
 def test_gain_range_must_be_low_high(value):
     with pytest.raises(ConfigError, match="train_dataset.gain_db"):
         load_config(None, [f"train_dataset.gain_db={value}"])
+
+
+def _spec_augment_loop(feats, lengths, cfg, noise):
+    """Reference: the masks of ``apply_spec_augment`` written as a loop over items and masks."""
+    B, T, M = feats.shape
+    out = feats.clone()
+    for b in range(B):
+        n = int(lengths[b])
+        if n == 0:
+            continue
+        fill = feats[b, :n].mean()
+        for k in range(cfg.freq_masks):
+            u0, u1 = (float(x) for x in noise[b, k])
+            w = int(u0 * (cfg.freq_width + 1))
+            f0 = int(u1 * max(M - w + 1, 1))
+            out[b, :n, f0 : f0 + w] = fill
+        max_t = int(cfg.time_width * n)
+        for k in range(cfg.freq_masks, cfg.freq_masks + cfg.time_masks):
+            u0, u1 = (float(x) for x in noise[b, k])
+            w = int(u0 * (max_t + 1))
+            t0 = int(u1 * max(n - w + 1, 1))
+            out[b, t0 : min(t0 + w, n), :] = fill
+    return out
+
+
+def test_vectorised_spec_augment_equals_the_loop():
+    from asrlib.data.augment import apply_spec_augment, spec_augment_noise
+
+    gen = torch.Generator().manual_seed(0)
+    cfg = SpecAugmentConfig(freq_masks=2, freq_width=6, time_masks=3, time_width=0.2)
+    feats = torch.randn(5, 60, 24, generator=gen)
+    lengths = torch.tensor([60, 41, 7, 1, 0])
+    for _ in range(20):
+        noise = spec_augment_noise(5, cfg, gen)
+        got = apply_spec_augment(feats, lengths, cfg, noise)
+        ref = _spec_augment_loop(feats, lengths, cfg, noise)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)

@@ -161,3 +161,32 @@ def _check_trainer_checkpoints(tmp_path: Path) -> None:
             assert torch.equal(lengths, tr.model.output_lengths(batch.audio_lengths))
             assert torch.equal(enc, ref), source
             assert torch.equal(model.ctc_head(enc), ref_ctc)
+
+
+def test_model_saved_with_cuda_backend_runs_on_cpu(tmp_path):
+    """The Mamba2 backend is a runtime choice: a checkpoint / export from a GPU run that used
+    backend "cuda" loads on a CPU (as "auto") and gives the same output; resuming compares
+    model configs without it."""
+    tr = _trainer(tmp_path)
+    batch = next(tr.micro_batches())
+    tr.train_step([batch])
+    path = tr.save_checkpoint()
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["encoder"]["mamba2"]["backend"] = "cuda"  # as a GPU run saves it
+    torch.save(state, tmp_path / "gpu.pt")
+    export = tmp_path / "export"
+    ckpt.export_weights(tr.model, export)
+    meta = json.loads((export / "config.json").read_text())
+    meta["model"]["encoder"]["mamba2"]["backend"] = "cuda"
+    (export / "config.json").write_text(json.dumps(meta))
+    tr.model.eval()
+    with torch.no_grad():
+        ref = tr.model(batch.audio, batch.audio_lengths)[0]
+        for source in (tmp_path / "gpu.pt", export):
+            model, _ = ckpt.load_model(source, "cpu")
+            assert all(b.mixer.cfg.backend == "auto" for b in model.encoder.blocks if hasattr(b.mixer, "A_log"))
+            assert torch.equal(model(batch.audio, batch.audio_lengths)[0], ref)
+    now = state["config"]["model"] | {"encoder": {**state["config"]["model"]["encoder"],
+                                                  "mamba2": {**state["config"]["model"]["encoder"]["mamba2"],
+                                                             "backend": "torch"}}}
+    assert ckpt.model_mismatch(state["config"]["model"], now) is None

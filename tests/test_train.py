@@ -282,6 +282,36 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert moved > 1e-3  # the step really trained (AdamW's first step moves weights by ~lr = 2e-3)
 
 
+def test_ddp_validation_is_sharded_and_gives_the_one_process_wer(tmp_path):
+    """Two gloo ranks each decode part of the dev set (3 + 2 utterances) and sum their counts:
+    the WERs, utterance count and losses equal one process decoding all of it.
+
+    The learning rate is 0, so both runs validate the seeded initial model (an update would
+    differ between them by float32 round-off)."""
+    train = make_manifest(tmp_path, EQUAL_TOKENS)
+    valid = make_manifest(tmp_path, [6, 9, 11, 13, 15], "valid.jsonl")
+    common = ["trainer.max_steps=1", "trainer.num_threads=1", "optim.lr=0.0", "optim.warmup_steps=0",
+              "optim.schedule=constant", "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
+              f"train_dataset.train_manifest={train}", f"validation_dataset.validation_manifest={valid}",
+              "validation_dataset.max_batch_size=2", "train_dataset.max_batch_size=1"]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "asrlib.train", "--config", str(TINY)]
+    for o in common + [f"trainer.output_dir={tmp_path / 'ddp'}"]:
+        args += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [m for m in read_metrics(tmp_path / "ddp") if m["split"] == "valid"][-1]
+
+    one = Trainer(load_config(TINY, common + [f"trainer.output_dir={tmp_path / 'one'}"]))
+    one.setup()
+    want = one.evaluate()
+    assert got["valid/num_utterances"] == want["valid/num_utterances"] == 5
+    assert got["valid/wer_rnnt"] == want["valid/wer_rnnt"] and got["valid/wer_ctc"] == want["valid/wer_ctc"]
+    for k in ("valid/loss", "valid/rnnt", "valid/ctc"):
+        assert got[k] == pytest.approx(want[k], rel=1e-5), k
+
+
 # --------------------------------------------------------------------------- logging
 
 
@@ -343,3 +373,158 @@ def test_cli_unknown_key_names_it(tmp_path):
         cli.main(["train", "--config", str(TINY), "--set", "trainer.no_such_key=1",
                   "--set", f"trainer.output_dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- precision, RNG streams, devices
+
+
+def test_bf16_on_cpu_trains(tmp_path):
+    """bf16 autocast runs on CPU: a few steps on one batch stay finite and the loss falls."""
+    cfg = tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT), "trainer.precision=bf16",
+                      "spec_augment.freq_masks=0", "spec_augment.time_masks=0", "optim.schedule=constant",
+                      "optim.warmup_steps=0", "optim.lr=3e-3", "train_dataset.batch_seconds=100.0",
+                      "train_dataset.num_buckets=1")
+    tr = Trainer(cfg)
+    tr.setup()
+    assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    batch = next(tr.micro_batches())
+    seen = {}
+    hook = tr.model.encoder.register_forward_hook(lambda m, i, o: seen.update(enc=o[0].dtype) and None)
+    values = [tr.train_step([batch]) for _ in range(8)]
+    hook.remove()
+    assert seen["enc"] == torch.bfloat16  # autocast really ran the encoder in bf16
+    assert all(math.isfinite(v["loss"]) and v["skipped"] == 0.0 for v in values)
+    assert values[-1]["loss"] < 0.8 * values[0]["loss"], [v["loss"] for v in values]
+
+
+def test_scaler_skips_are_counted_apart_from_nonfinite(tmp_path):
+    """fp16's GradScaler skips steps whose scaled gradients overflow while it calibrates.
+
+    A CPU GradScaler with a huge initial scale overflows the float32 gradients the same way:
+    those steps (finite loss) are counted in ``skipped_scaler``, leave the weights alone, and
+    the scale backs off until steps go through; ``skipped_nonfinite`` stays 0.
+    """
+    tr = Trainer(tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:2])))
+    tr.setup()
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126, growth_interval=1000)
+    batch = next(tr.micro_batches())
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    v = tr.train_step([batch])
+    assert v["skipped"] == 1.0 and tr.progress.skipped_scaler == 1 and tr.progress.skipped_nonfinite == 0
+    assert all(torch.equal(p, before[k]) for k, p in tr.model.state_dict().items())
+    for _ in range(12):
+        v = tr.train_step([batch])
+        if not v["skipped"]:
+            break
+    assert v["skipped"] == 0.0 and tr.progress.skipped_nonfinite == 0 and tr.progress.skipped_scaler >= 1
+    assert tr.scaler.get_scale() < 2.0**126
+
+
+def test_random_streams_differ_by_rank_and_step():
+    from asrlib.train import stream_seed
+
+    seeds = {stream_seed(1234, r, s, n) for r in range(4) for s in range(50) for n in ("augment", "dropout")}
+    assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
+    assert stream_seed(1234, 1, 7, "dropout") == stream_seed(1234, 1, 7, "dropout")  # a pure function
+
+
+def test_pick_device_offsets_cuda_by_local_rank(monkeypatch):
+    from asrlib.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert pick_device("cuda", 3) == torch.device("cuda", 3)
+    assert pick_device("auto", 5) == torch.device("cuda", 5)
+    assert pick_device("cuda:2", 0) == torch.device("cuda", 2)
+    assert pick_device("cuda:4", 3) == torch.device("cuda", 7)
+    with pytest.raises(RuntimeError, match="needs GPU 9"):
+        pick_device("cuda:2", 7)
+    assert pick_device("cpu", 3) == torch.device("cpu")
+
+
+def test_loader_workers_give_the_same_batches_across_epochs(tmp_path):
+    """Worker processes (persistent, prefetching) deliver the batches of the in-process loader,
+    epoch after epoch; bad loader settings are config errors naming the key."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    seqs = []
+    for i, workers in enumerate((0, 1)):
+        tr = Trainer(tiny_config(tmp_path / f"run{i}", train, f"train_dataset.num_workers={workers}",
+                                 "train_dataset.batch_seconds=2.5", "train_dataset.max_batch_size=2"))
+        tr.setup()
+        stream = tr.micro_batches()
+        n = 2 * len(tr.sampler) + 1  # into the third epoch
+        seqs.append([next(stream).indices for _ in range(n)])
+        assert tr.progress.epoch == 2
+    assert seqs[0] == seqs[1]
+    assert seqs[0][: len(seqs[0]) // 2] != seqs[0][len(seqs[0]) // 2 : 2 * (len(seqs[0]) // 2)]  # reshuffled
+    with pytest.raises(ConfigError, match="train_dataset.prefetch_factor"):
+        load_config(TINY, ["train_dataset.prefetch_factor=0"])
+    with pytest.raises(ConfigError, match="train_dataset.num_workers"):
+        load_config(TINY, ["train_dataset.num_workers=-1"])
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+
+def two_steps(tmp_path: Path, tag: str, *extra: str) -> tuple[list[float], dict]:
+    """Losses of two steps on one batch, and AdamW's first moments after them (a gradient
+    record: Adam moves round-off-sized gradient entries by ~lr whatever their value, so
+    parameters are not comparable entry by entry; see the DDP test)."""
+    cfg = tiny_config(tmp_path / tag, make_manifest(tmp_path, SHORT), "train_dataset.batch_seconds=100.0",
+                      "train_dataset.num_buckets=1", *extra)
+    tr = Trainer(cfg)
+    tr.setup()
+    batch = next(tr.micro_batches())
+    losses = [tr.train_step([batch])["loss"] for _ in range(2)]
+    return losses, {i: s["exp_avg"].clone() for i, s in tr.opt.state_dict()["state"].items()}
+
+
+def assert_steps_close(a, b, rel_loss: float, rel_grad: float) -> None:
+    assert b[0] == pytest.approx(a[0], rel=rel_loss, abs=0)
+    assert a[1].keys() == b[1].keys() and len(a[1]) > 10
+    for i in a[1]:
+        scale = float(a[1][i].abs().max()) + 1e-12
+        assert float((a[1][i] - b[1][i]).abs().max()) <= rel_grad * scale + 1e-9, f"parameter {i}"
+
+
+@pytest.mark.slow
+def test_compiled_graph_capture_equals_eager(tmp_path, monkeypatch):
+    """torch.compile's capture (dynamo + AOT autograd, backend aot_eager: no code generation)
+    of the training module takes the same two steps as eager, bit for bit (~30 s on 1 CPU)."""
+    import functools
+
+    eager = two_steps(tmp_path, "eager")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled = two_steps(tmp_path, "compiled", "trainer.compile=true")
+    assert compiled[0] == eager[0]
+    assert_steps_close(eager, compiled, 0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_compiled_inductor_two_steps_match_eager(tmp_path):
+    """The real thing on CPU (inductor, C++ code generation: needs g++; minutes on a busy
+    2-core machine). Tolerance: losses 1e-5 relative, AdamW first moments 1e-4 of each
+    parameter's largest entry: generated kernels reorder float32 sums."""
+    eager = two_steps(tmp_path, "eager")
+    compiled = two_steps(tmp_path, "compiled", "trainer.compile=true")
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-5)
+    assert_steps_close(eager, compiled, 1e-5, 1e-4)
+
+
+def test_compile_wraps_the_module_that_trains(tmp_path, monkeypatch):
+    """trainer.compile compiles what train_step calls (the DDP wrapper under DDP, else the loss
+    module); it used to compile a module that never ran under DDP."""
+    compiled = []
+
+    def fake_compile(module, **kw):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    tr = Trainer(tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:1]), "trainer.compile=true"))
+    tr.setup()
+    assert compiled == [tr.loss_module] and tr.train_module is tr.loss_module and tr.ddp is None
+    calls = []
+    monkeypatch.setattr(tr, "train_module", lambda *a: calls.append(1) or tr.loss_module(*a))
+    tr.train_step([next(tr.micro_batches())])
+    assert calls == [1]

@@ -4,7 +4,9 @@ SpecAugment is applied after the frontend, in training only: ``freq_masks`` band
 ``freq_width`` mel bins and ``time_masks`` spans of at most ``time_width`` * length frames are
 replaced by the mean of the item's valid features (0 would be a loud value in log-mel units).
 Augmentation never runs at inference, so using the whole utterance's mean leaks nothing into
-streaming.
+streaming. The random numbers are drawn first (``spec_augment_noise``: uniforms from a CPU
+generator, one pair per mask) and applied by tensor operations only (``apply_spec_augment``),
+so the masking runs on the GPU and traces into one torch.compile graph.
 
 Gain perturbation scales each utterance by a random gain, uniform in dB. Recording level is
 a property of the microphone and the speaker, not of the words: in the bundled corpus the
@@ -24,25 +26,43 @@ from torch import Tensor
 from asrlib.config import SpecAugmentConfig
 
 
+def spec_augment_noise(batch: int, cfg: SpecAugmentConfig, generator: torch.Generator) -> Tensor:
+    """The uniforms one SpecAugment call needs: (B, freq_masks + time_masks, 2) in [0, 1),
+    [..., 0] picks a mask's width and [..., 1] its start. Drawn on the CPU from ``generator``."""
+    return torch.rand(batch, cfg.freq_masks + cfg.time_masks, 2, generator=generator)
+
+
+def apply_spec_augment(feats: Tensor, lengths: Tensor, cfg: SpecAugmentConfig, noise: Tensor) -> Tensor:
+    """Masked copy of ``feats`` (B, T, M) from ``noise`` (see ``spec_augment_noise``).
+
+    Per item with n valid frames: a frequency mask has width w = floor(u0 (freq_width + 1)) and
+    start floor(u1 (M - w + 1)); a time mask width floor(u0 (floor(time_width n) + 1)) and start
+    floor(u1 (n - w + 1)). Masked cells of valid frames get the mean of the item's valid
+    features; padded frames are left as they are.
+    """
+    B, T, M = feats.shape
+    noise = noise.to(device=feats.device, dtype=torch.float64)  # float64: floor() of exact products
+    n = lengths.to(feats.device, torch.float64)[:, None]  # (B, 1)
+    valid = torch.arange(T, device=feats.device)[None] < lengths.to(feats.device)[:, None]  # (B, T)
+    count = (lengths.to(feats.device).clamp(min=1) * M).to(feats.dtype)  # (B,) valid cells
+    fill = (feats * valid[:, :, None]).sum(dim=(1, 2)) / count  # (B,) mean of the valid features
+    nf = cfg.freq_masks
+    w = torch.floor(noise[:, :nf, 0] * (cfg.freq_width + 1))  # (B, Fm)
+    f0 = torch.floor(noise[:, :nf, 1] * (M - w + 1).clamp(min=1))  # (B, Fm)
+    bins = torch.arange(M, device=feats.device, dtype=torch.float64)  # (M,)
+    fmask = ((bins >= f0[..., None]) & (bins < (f0 + w)[..., None])).any(dim=1)  # (B, Fm, M) -> (B, M)
+    max_t = torch.floor(cfg.time_width * n)  # (B, 1)
+    w = torch.floor(noise[:, nf:, 0] * (max_t + 1))  # (B, Tm)
+    t0 = torch.floor(noise[:, nf:, 1] * (n - w + 1).clamp(min=1))  # (B, Tm)
+    frames = torch.arange(T, device=feats.device, dtype=torch.float64)  # (T,)
+    tmask = ((frames >= t0[..., None]) & (frames < (t0 + w)[..., None])).any(dim=1)  # (B, Tm, T) -> (B, T)
+    mask = (fmask[:, None, :] | tmask[:, :, None]) & valid[:, :, None]  # (B, T, M)
+    return torch.where(mask, fill[:, None, None].to(feats.dtype), feats)
+
+
 def spec_augment(feats: Tensor, lengths: Tensor, cfg: SpecAugmentConfig, generator: torch.Generator) -> Tensor:
     """Return a masked copy of ``feats`` (B, T, M); padded frames are left as they are."""
-    B, T, M = feats.shape
-    out = feats.clone()
-    for b in range(B):
-        n = int(lengths[b])
-        if n == 0:
-            continue
-        fill = out[b, :n].mean()
-        for _ in range(cfg.freq_masks):
-            w = int(torch.randint(0, cfg.freq_width + 1, (1,), generator=generator))
-            f0 = int(torch.randint(0, max(M - w, 0) + 1, (1,), generator=generator))
-            out[b, :n, f0 : f0 + w] = fill
-        max_t = int(cfg.time_width * n)
-        for _ in range(cfg.time_masks):
-            w = int(torch.randint(0, max_t + 1, (1,), generator=generator))
-            t0 = int(torch.randint(0, max(n - w, 0) + 1, (1,), generator=generator))
-            out[b, t0 : t0 + w, :] = fill
-    return out
+    return apply_spec_augment(feats, lengths, cfg, spec_augment_noise(feats.shape[0], cfg, generator))
 
 
 def speed_perturb(audio: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:

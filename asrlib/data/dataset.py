@@ -98,6 +98,12 @@ class Batch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.audio), move(self.audio_lengths), move(self.tokens), move(self.token_lengths), self.texts, self.indices, self.dropped)
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies of the tensors (DataLoader(pin_memory=True) calls this), so the
+        trainer's ``.to(cuda, non_blocking=True)`` copies overlap with compute."""
+        return Batch(self.audio.pin_memory(), self.audio_lengths.pin_memory(), self.tokens.pin_memory(),
+                     self.token_lengths.pin_memory(), self.texts, self.indices, self.dropped)
+
 
 def collate(items: Sequence, texts: Sequence[str] | None = None) -> Batch:
     """Pad dataset items into a ``Batch``; None items are dropped and counted.

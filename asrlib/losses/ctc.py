@@ -12,6 +12,9 @@ What the wrapper adds to the torch function:
 - a count of *infeasible* utterances: CTC needs one frame per token plus one blank frame
   between two equal neighbours; an utterance with fewer frames has probability 0 (loss inf).
   With ``zero_infinity`` it contributes 0 (and no gradient) instead of poisoning the batch.
+- no host synchronisation under ``torch.compile``: the checks of tensor *values* (lengths,
+  target ids) run in eager mode only, and the counts of infeasible utterances are then 0-d
+  tensors (plain ints in eager mode), so the loss traces as one graph.
 
 Shapes: B batch, T frames, U target tokens, V vocabulary (blank = V, so V + 1 classes).
     log_probs (B, T, V + 1), lengths (B,), targets (B, U), target_lengths (B,)
@@ -40,8 +43,8 @@ def reduce_losses(per_utt: Tensor, target_lengths: Tensor, reduction: str, zero_
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: expected one of {', '.join(REDUCTIONS)}")
     inf = torch.isinf(per_utt)
-    n_inf = int(inf.sum().item())
-    if zero_infinity and n_inf:
+    n_inf = _count(inf)
+    if zero_infinity:  # where() is the identity (values and gradients) on finite entries
         per_utt = torch.where(inf, torch.zeros_like(per_utt), per_utt)
     if reduction == "none":
         return per_utt, n_inf
@@ -50,8 +53,14 @@ def reduce_losses(per_utt: Tensor, target_lengths: Tensor, reduction: str, zero_
         return total, n_inf
     if reduction == "mean_batch":
         return total / max(per_utt.shape[0], 1), n_inf
-    n_tokens = max(int(target_lengths.sum().item()), 1)  # all-empty batch: divide by 1
+    n_tokens = target_lengths.sum().clamp(min=1)  # all-empty batch: divide by 1 (a tensor: no sync)
     return total / n_tokens, n_inf
+
+
+def _count(flags: Tensor) -> int | Tensor:
+    """Number of True entries: an int in eager mode, a 0-d tensor while compiling (no sync)."""
+    n = flags.sum()
+    return n if torch.compiler.is_compiling() else int(n)
 
 
 def ctc_min_frames(targets: Tensor, target_lengths: Tensor) -> Tensor:
@@ -80,6 +89,8 @@ def _check(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: 
         )
     if not 0 <= blank < c:
         raise ValueError(f"ctc_loss: blank={blank} is not a class of log_probs with {c} classes")
+    if torch.compiler.is_compiling():
+        return  # the checks below read tensor values: a host sync (and graph break) per step
     if b and int(lengths.max()) > t:
         raise ValueError(f"ctc_loss: a length ({int(lengths.max())}) exceeds the {t} frames of log_probs")
     if b and int(target_lengths.max()) > targets.shape[1]:
@@ -119,7 +130,7 @@ def ctc_loss(
         )  # (B,)
     if zero_infinity:
         infeasible = ctc_min_frames(targets, target_lengths) > lengths.to(targets.device)
-        n_inf = int(infeasible.sum().item())
+        n_inf = _count(infeasible)
         loss, _ = reduce_losses(per_utt, target_lengths, reduction, zero_infinity=False)
         return loss, n_inf
     return reduce_losses(per_utt, target_lengths, reduction, zero_infinity=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from asrlib.data.augment import spec_augment
+from asrlib.data.augment import apply_spec_augment, spec_augment_noise
 from asrlib.losses.ctc import ctc_loss
 from asrlib.losses.rnnt import rnnt_loss_any
 from asrlib.losses.rnnt_pruned import loss_scales, pruned_rnnt_loss
@@ -60,8 +60,11 @@ class LossParts:
 class HybridLoss(nn.Module):
     """Model + both losses in one forward, so DistributedDataParallel sees one call per step.
 
-    forward(audio (B, S), audio_lengths, tokens (B, U), token_lengths, generator | None)
+    forward(audio (B, S), audio_lengths, tokens (B, U), token_lengths, augment)
         -> dict of scalar tensors: loss, rnnt, ctc, and counts of infeasible utterances.
+    ``augment`` turns SpecAugment on (training): a torch.Generator to draw from, or the noise
+    already drawn (``spec_augment_noise``: what the trainer passes, so that no generator
+    reaches torch.compile); None = no augmentation.
     """
 
     def __init__(self, model, cfg):
@@ -69,13 +72,15 @@ class HybridLoss(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, audio, audio_lengths, tokens, token_lengths, generator: torch.Generator | None = None,
+    def forward(self, audio, audio_lengths, tokens, token_lengths, augment: torch.Generator | Tensor | None = None,
                 step: int | None = None):
         """``step`` (optimiser updates so far) drives the pruned loss's warm-up; unused by the full loss."""
         m, lc = self.model, self.cfg.loss
         feats, feat_lengths = m.features(audio, audio_lengths)
-        if generator is not None:  # SpecAugment: training only
-            feats = spec_augment(feats, feat_lengths, self.cfg.spec_augment, generator)
+        if augment is not None:  # SpecAugment: training only
+            if isinstance(augment, torch.Generator):
+                augment = spec_augment_noise(feats.shape[0], self.cfg.spec_augment, augment)
+            feats = apply_spec_augment(feats, feat_lengths, self.cfg.spec_augment, augment)
         enc, enc_lengths = m.encode(feats, feat_lengths)
         ctc = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
                        zero_infinity=lc.zero_infinity)
@@ -90,7 +95,8 @@ class HybridLoss(nn.Module):
                 rnnt = (rnnt[0] + 0.0 * sum(p.sum() for p in m.simple.parameters()), rnnt[1])
         parts = LossParts.combine(rnnt, ctc, lc.ctc_weight)
         return {"loss": parts.total, "rnnt": parts.rnnt.detach(), "ctc": parts.ctc.detach(),
-                "infeasible": torch.tensor(float(parts.n_infeasible_rnnt + parts.n_infeasible_ctc)), **extra}
+                "infeasible": torch.as_tensor(parts.n_infeasible_rnnt + parts.n_infeasible_ctc,
+                                              dtype=torch.float32), **extra}
 
     # ---------------------------------------------------------------- pruned RNN-T (training-step hook: ``step``)
     def _pruned_rnnt(self, enc, pred, tokens, enc_lengths, token_lengths, step):

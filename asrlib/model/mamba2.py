@@ -15,8 +15,11 @@ started from the cached state.
 
 Backends (``Mamba2Config.backend``): "torch" is the pure-PyTorch scan (CPU or GPU); "cuda"
 uses ``mamba_ssm.mamba_chunk_scan_combined`` (needs the mamba-ssm package and CUDA tensors);
-"auto" uses it when it is importable and the input is on a GPU, otherwise "torch". The fused
-kernel only replaces the scan in ``forward``; ``step`` always runs the PyTorch code.
+"auto" uses it when it is importable and the input is on a GPU, otherwise "torch" (on a GPU it
+then warns once, naming why mamba-ssm could not be imported). The fused kernel only replaces
+the scan in ``forward``; ``step`` always runs the PyTorch code. The backend is a runtime
+choice, not a property of the weights: loaders rebuild saved models with "auto" (see
+asrlib/checkpoint.py), so a model trained with "cuda" runs on a CPU.
 
 Shapes: B batch, T time, D d_model, H heads, P head dim (headdim), G ngroups, N d_state,
 E = expand * D = H * P (inner dim), Cv = E + 2 G N (conv channels), W = d_conv.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -41,13 +45,29 @@ from asrlib.model.ssd import expand_groups, ssd_chunked
 
 
 @functools.lru_cache(maxsize=None)
-def _load_mamba_ssm_scan():
-    """``mamba_chunk_scan_combined`` from mamba-ssm, or None when it is not installed."""
+def _import_mamba_ssm_scan():
+    """(``mamba_chunk_scan_combined`` or None, why it is None: "" | the import error)."""
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken CUDA/triton install
-        return None
-    return mamba_chunk_scan_combined
+    except Exception as e:  # ImportError, or a broken CUDA/triton install (OSError, RuntimeError, …)
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return mamba_chunk_scan_combined, ""
+
+
+def _load_mamba_ssm_scan():
+    """``mamba_chunk_scan_combined`` from mamba-ssm, or None when it cannot be imported."""
+    return _import_mamba_ssm_scan()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback_once() -> str:
+    """Warn (once per process) that "auto" on a GPU falls back to the slow scan, and why."""
+    why = _import_mamba_ssm_scan()[1]
+    msg = (f"mamba2 backend 'auto' on a GPU: cannot import mamba_ssm ({why}); using the pure-PyTorch SSD "
+           "scan (correct, slower). Install or repair it (pip install 'asrlib[cuda]'), or set "
+           "model.encoder.mamba2.backend = \"torch\" to silence this")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return msg
 
 
 @dataclass
@@ -77,6 +97,8 @@ class Mamba2Mixer(nn.Module):
         if cfg.backend not in ("auto", "torch", "cuda"):
             raise ValueError(f"mamba2: backend must be 'auto', 'torch' or 'cuda', got {cfg.backend!r}")
         self.cfg = cfg
+        # Resolved once here, not in forward: an import inside forward is a torch.compile graph break.
+        self._fused_scan = None if cfg.backend == "torch" else _load_mamba_ssm_scan()
         self.d_model, self.d_inner, self.n_heads = d_model, d_inner, n_heads
         self.headdim, self.ngroups, self.d_state = cfg.headdim, cfg.ngroups, cfg.d_state
         self.conv_dim = d_inner + 2 * cfg.ngroups * cfg.d_state
@@ -130,7 +152,7 @@ class Mamba2Mixer(nn.Module):
         backend = self.cfg.backend
         if backend == "torch":
             return False
-        available = _load_mamba_ssm_scan() is not None
+        available = self._fused_scan is not None
         if backend == "cuda":
             if not available:
                 raise RuntimeError(
@@ -143,7 +165,9 @@ class Mamba2Mixer(nn.Module):
                     "use backend \"auto\" or \"torch\" on CPU"
                 )
             return True
-        return available and x.is_cuda  # "auto"
+        if x.is_cuda and not available:  # "auto": say once why the fast path is off
+            _warn_fallback_once()
+        return available and x.is_cuda
 
     # ------------------------------------------------------------------ training path
 
@@ -156,8 +180,7 @@ class Mamba2Mixer(nn.Module):
         xbc = F.silu(self.conv1d(xbc)).transpose(1, 2)  # (B, T, Cv)
         x, dt, A, b, c = self._ssm_inputs(xbc, dt_raw)
         if self._use_cuda_kernel(u):
-            scan = _load_mamba_ssm_scan()
-            y = scan(x, dt, A, b, c, self.cfg.chunk_size).to(dt.dtype)  # (B, T, H, P)
+            y = self._fused_scan(x, dt, A, b, c, self.cfg.chunk_size).to(dt.dtype)  # (B, T, H, P)
         else:
             y, _ = ssd_chunked(x.to(dt.dtype), dt, A, b, c, self.cfg.chunk_size)  # (B, T, H, P)
         return self._output(y, x, z)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
+import warnings
 
 import pytest
 import torch
@@ -227,3 +229,25 @@ def test_bf16_autocast_keeps_scan_and_state_in_float32():
     assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max()  # bf16 round-off only
     assert (ys.float() - ref).abs().max() <= 0.05 * ref.abs().max()
     assert state.ssm.dtype == torch.float32 and state.conv.dtype == torch.float32
+
+
+def test_auto_backend_warns_once_naming_a_broken_mamba_ssm(monkeypatch):
+    """On a GPU, "auto" with a mamba_ssm that fails to import falls back to the PyTorch scan,
+    but says so once, naming the import error (it used to be silent)."""
+    import asrlib.model.mamba2 as mod
+
+    monkeypatch.setattr(mod, "_import_mamba_ssm_scan", lambda: (None, "OSError: libcudart.so.12: cannot open"))
+    mod._warn_fallback_once.cache_clear()
+    monkeypatch.setattr(mod, "_warn_fallback_once", functools.lru_cache(maxsize=None)(mod._warn_fallback_once.__wrapped__))
+
+    class OnGPU:  # stands in for a CUDA tensor: only .is_cuda is read
+        is_cuda = True
+
+    m = _mixer(backend="auto")
+    with pytest.warns(RuntimeWarning, match="libcudart.so.12") as record:
+        assert m._use_cuda_kernel(OnGPU()) is False
+        assert m._use_cuda_kernel(OnGPU()) is False
+    assert len([w for w in record if "mamba_ssm" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on CPU: no warning, the PyTorch scan is the plan
+        assert m._use_cuda_kernel(torch.zeros(1)) is False
