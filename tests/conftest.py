@@ -18,6 +18,15 @@ TINY_TEXTS = ["one two", "three", "four five six", "seven", "eight nine", "zero 
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one thread and leaves it so (the trainer's setup may change it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def seeded() -> np.random.Generator:
     """Seed python, numpy and torch (0) and hand back a numpy Generator."""

@@ -24,14 +24,6 @@ from asrlib.train import Trainer
 ROOT = TINY.parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def overrides(out, train, valid) -> list[str]:
     """test_train's resume recipe (dropout, speed/gain perturbation, an epoch boundary)."""
     return [f"trainer.output_dir={out}", f"train_dataset.train_manifest={train}",

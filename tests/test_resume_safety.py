@@ -4,21 +4,12 @@ rotation never deletes checkpoints of a later step than the run's own."""
 from __future__ import annotations
 
 import pytest
-import torch
 from test_run_folder import one_error_line, train_argv
 from test_train import SHORT, make_manifest, tiny_config
 
 from asrlib import checkpoint as ckpt
 from asrlib import cli
 from asrlib.train import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

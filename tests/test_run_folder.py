@@ -10,20 +10,11 @@ import json
 from collections import namedtuple
 
 import pytest
-import torch
 from test_train import SHORT, TINY, make_manifest
 
 from asrlib import cli
 from asrlib import checkpoint as ckpt
 from asrlib.logger import read_metrics
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def train_argv(out, train, valid=None, *extra: str) -> list[str]:
