@@ -112,7 +112,7 @@ class Trainer:
         entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
                                          max_duration=td.max_duration, strict=td.strict)
         self.log_line(f"train: {report.summary()}")
-        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict)
+        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict, max_seconds=td.max_duration)
         self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
                                           sorted_epochs=td.sorted_epochs)
@@ -130,7 +130,8 @@ class Trainer:
             if not ventries:
                 raise UsageError(f"validation manifest {path} has no usable utterance ({vreport.summary()}); "
                                  "fix it (asrlib manifest check) or set validation_dataset.validation_manifest = []")
-            self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False)))
+            self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False,
+                                                                max_seconds=vd.max_duration)))
         self.progress = Progress()
         self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
         self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None

@@ -72,6 +72,24 @@ def test_strict_names_manifest_and_line(tmp_path, tok, line, message):
         ds[line - 1]
 
 
+def test_max_duration_is_enforced_on_the_real_length(tmp_path, tok):
+    """A line claiming 0.5 s for a 3 s file passes the manifest's max_duration filter; the
+    dataset measures the audio and rejects it (lenient: counted; strict: names the line)."""
+    sf.write(tmp_path / "long.wav", np.full(3 * 16000, 0.1, np.float32), 16000)
+    sf.write(tmp_path / "ok.wav", np.full(16000 // 2, 0.1, np.float32), 16000)
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps({"audio_filepath": a, "text": "one", "duration": 0.5}) + "\n"
+                         for a in ("ok.wav", "long.wav")), encoding="utf-8")
+    entries, _ = read_manifest(m, max_duration=1.0, strict=True)
+    assert len(entries) == 2  # the manifest's duration let both through
+    ds = AudioDataset(entries, 16000, tok, max_seconds=1.0)
+    assert ds[0] is not None and ds[1] is None
+    assert dict(ds.skipped) == {"longer than max_duration": 1}
+    assert AudioDataset(entries, 16000, tok)[1] is not None  # no limit, no rejection
+    with pytest.raises(DataError, match=rf"{m}:2: the audio lasts 3.00 s \(the manifest says 0.50 s\), over max_duration 1 s"):
+        AudioDataset(entries, 16000, tok, strict=True, max_seconds=1.0)[1]
+
+
 def test_collate_pads_like_a_loop(seeded):
     items = [(torch.randn(n), torch.randint(1, 30, (u,)), i) for i, (n, u) in enumerate([(5, 2), (9, 4), (3, 1)])]
     batch = collate(items + [None], texts=["a", "b", "c"])

@@ -35,8 +35,12 @@ class DataError(RuntimeError):
 
 
 class AudioDataset(torch.utils.data.Dataset):
-    def __init__(self, entries: Sequence[ManifestEntry], sample_rate: int, tokenizer=None, strict: bool = False):
+    def __init__(self, entries: Sequence[ManifestEntry], sample_rate: int, tokenizer=None, strict: bool = False,
+                 max_seconds: float = 0.0):
+        """``max_seconds`` > 0 rejects audio longer than that, measured on the audio itself: the
+        manifest's ``duration`` (which filtered the line) may be wrong."""
         self.entries = list(entries)
+        self.max_samples = int(max_seconds * sample_rate) if max_seconds > 0 else 0
         self.texts = [e.text for e in self.entries]
         self.sample_rate = sample_rate
         self.tokenizer = tokenizer
@@ -61,6 +65,9 @@ class AudioDataset(torch.utils.data.Dataset):
             wave = load_audio(entry.audio_filepath, self.sample_rate, entry.offset, segment)
         except AudioError as e:
             return self._reject(entry, "unreadable audio", str(e))
+        if self.max_samples and len(wave) > self.max_samples:
+            return self._reject(entry, "longer than max_duration", f"the audio lasts {len(wave) / self.sample_rate:.2f} s "
+                                f"(the manifest says {entry.duration:.2f} s), over max_duration {self.max_samples / self.sample_rate:g} s")
         if len(wave) < self.min_samples:
             return self._reject(entry, "too short", f"audio has {len(wave)} samples, fewer than one 25 ms frame ({self.min_samples})")
         ids: list[int] = []
