@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.world > 1:
         import torch.distributed as dist
 
+        dist.barrier()  # leave together: a rank tearing gloo down while another still uses it can abort
         dist.destroy_process_group()
         if trainer.rank != 0:
             return 0

@@ -485,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.setup()
     trainer.fit()
     if dist.is_initialized():
+        dist.barrier()  # leave together: a rank tearing gloo down while another still uses it can abort
         dist.destroy_process_group()
     if trainer.stopped_by:
         return 128 + int(getattr(signal, trainer.stopped_by))
