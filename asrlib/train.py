@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
-from asrlib.config import Config, load_config, to_dict
+from asrlib.config import Config, ConfigError, load_config, to_dict
 from asrlib.data.augment import gain_perturb, spec_augment_noise, speed_perturb
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
 from asrlib.data.manifest import ManifestError, read_manifest
@@ -476,7 +476,7 @@ def resume_command(args: argparse.Namespace) -> str:
     return f"asrlib train --config {args.config}{sets} --resume auto"
 
 
-@report_usage_errors("train", TokenizerError, ManifestError, DataError)
+@report_usage_errors("train", TokenizerError, ManifestError, DataError, ConfigError)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides) + ([f"trainer.resume={args.resume}"] if args.resume else [])

@@ -360,10 +360,13 @@ def test_cli_train_three_steps(tmp_path):
     assert math.isfinite(valid_rows[0]["valid/loss"]) and 0 <= valid_rows[0]["valid/wer_rnnt"]
 
 
-def test_cli_unknown_key_names_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"trainer\.no_such_key"):
-        cli.main(["train", "--config", str(TINY), "--set", "trainer.no_such_key=1",
-                  "--set", f"trainer.output_dir={tmp_path / 'run'}"])
+def test_cli_unknown_key_names_it(tmp_path, capsys):
+    """A config typo is the user's mistake: one line naming the key, exit status 2, no run folder."""
+    code = cli.main(["train", "--config", str(TINY), "--set", "trainer.no_such_key=1",
+                     "--set", f"trainer.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("asrlib train: error: ") and "trainer.no_such_key" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
