@@ -206,3 +206,22 @@ def test_shipped_weights_streaming_wer_equals_offline(tmp_path):
     on = evaluate_manifest(model, Tokenizer(tok), manifest, "rnnt_greedy", stream=True, piece_samples=800)
     assert [u["hyp"] for u in off["utterances"]] == [u["hyp"] for u in on["utterances"]]
     assert off["wer"] == on["wer"]
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="models/digits_demo not built yet")
+def test_transcribe_long_file_through_the_stream_gives_the_offline_text(tmp_path, capsys):
+    """A file over --max-offline-seconds is decoded by the streaming step in 30 s pieces; its
+    text equals offline decoding of the whole file (here a 75 s file: three pieces, the last short)."""
+    import soundfile as sf
+
+    from asrlib.transcribe import main
+
+    entries, _ = read_manifest(DIGITS / "test_unseen.jsonl")
+    wave = np.concatenate([load_audio(e.audio_filepath, 16000) for e in entries[:40]])[: 75 * 16000]
+    path = tmp_path / "long.wav"
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    assert main(["--checkpoint", str(SHIPPED), str(path)]) == 0  # 75 s < 300 s: offline
+    offline = capsys.readouterr().out.strip().split("\t")[1]
+    assert main(["--checkpoint", str(SHIPPED), "--max-offline-seconds", "10", str(path)]) == 0
+    streamed = capsys.readouterr().out.strip().split("\t")[1]
+    assert len(offline.split()) > 20 and streamed == offline
