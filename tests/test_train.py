@@ -84,6 +84,16 @@ def assert_same_tree(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def assert_same_run(expected: dict, got: dict, progress_keys) -> None:
+    """Two ``_full_state`` snapshots agree bit for bit: model, optimiser, scheduler, RNG, progress."""
+    assert_same_tree(expected["model"], got["model"], "model")
+    assert_same_tree(expected["opt"], got["opt"], "optimizer")
+    assert_same_tree(expected["sched"], got["sched"], "scheduler")
+    assert torch.equal(expected["rng"], got["rng"])
+    for k in progress_keys:
+        assert expected["progress"][k] == got["progress"][k], k
+
+
 # --------------------------------------------------------------------------- learning
 
 
@@ -166,13 +176,8 @@ def test_resume_is_bit_exact(tmp_path):
     resumed.setup()
     assert resumed.progress.step == N // 2
     resumed.fit()
-    got = _full_state(resumed)
-    assert_same_tree(expected["model"], got["model"], "model")
-    assert_same_tree(expected["opt"], got["opt"], "optimizer")
-    assert_same_tree(expected["sched"], got["sched"], "scheduler")
-    assert torch.equal(expected["rng"], got["rng"])
-    for k in ("step", "epoch", "batches_in_epoch", "audio_seconds", "skipped_nonfinite"):
-        assert expected["progress"][k] == got["progress"][k], k
+    assert_same_run(expected, _full_state(resumed),
+                    ("step", "epoch", "batches_in_epoch", "audio_seconds", "skipped_nonfinite"))
 
     resumed.model.train()  # dropout really draws random numbers in this configuration
     b = next(resumed.micro_batches())
