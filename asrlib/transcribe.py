@@ -83,7 +83,7 @@ def _main(argv: list[str] | None = None) -> int:
         args.stream = True
     else:
         from asrlib.checkpoint import load_model_and_tokenizer
-        from asrlib.evaluate import decode_offline
+        from asrlib.evaluate import decode_offline, decode_streaming
         from asrlib.streaming import StreamingRecognizer
 
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
@@ -98,10 +98,8 @@ def _main(argv: list[str] | None = None) -> int:
             print(f"{path}\t{r['text']}\t(RTF {r['rtf']:.3f}, per-piece latency median "
                   f"{r['latency_ms_median']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms)")
         elif len(wave) > args.max_offline_seconds * sr and args.decoder in ("rnnt_greedy", "ctc_greedy"):
-            rec, piece = make_rec(), 30 * sr
-            for i in range(0, len(wave), piece):
-                rec.accept_waveform(wave[i : i + piece])
-            print(f"{path}\t{rec.finalize().text}")
+            res = decode_streaming(model, wave, args.decoder, 30 * sr, tokenizer, args.device)
+            print(f"{path}\t{res.text}")
         else:
             (res,) = decode_offline(model, [wave], args.decoder, detokenize=tokenizer.decode, device=args.device)
             print(f"{path}\t{res.text}")

@@ -19,13 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def first_below(valid: list[dict], suffix: str, level: float = 0.9) -> int | None:
-    for r in valid:
-        for k, v in r.items():
-            if k.endswith(suffix) and v < level:
-                return int(r["step"])
-    return None
+from learning_start import first_below  # bench/learning_start.py, beside this script
 
 
 def summarise(run: Path) -> dict:

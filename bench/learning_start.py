@@ -30,9 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def first_below(rows: list[dict], key: str, level: float = 0.9) -> int | None:
+def first_below(rows: list[dict], suffix: str, level: float = 0.9) -> int | None:
+    """Step of the first row with a value under ``level`` for a key ending in ``suffix``."""
     for r in rows:
-        if key in r and r[key] < level:
+        if any(k.endswith(suffix) and v < level for k, v in r.items() if k != "split"):
             return int(r["step"])
     return None
 
