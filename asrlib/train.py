@@ -26,6 +26,7 @@ GradScaler) on GPU only; the losses are computed in float32 either way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import math
 import os
@@ -270,7 +271,7 @@ class Trainer:
             batch = self.perturb(batch, gen)
             seconds += float(batch.audio_lengths.sum()) / self.cfg.model.frontend.sample_rate
             sync = self.ddp is None or i == len(batches) - 1
-            ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else _null()
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                      enabled=self.amp_dtype is not None):
                 args = (t.to(self.device, non_blocking=True) for t in (batch.audio, batch.audio_lengths,
@@ -440,14 +441,6 @@ def stream_seed(seed: int, rank: int, step: int, stream: str) -> int:
     """
     digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _list_state(state):
