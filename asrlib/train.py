@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, ConfigError, load_config, to_dict
-from asrlib.data.augment import gain_perturb, spec_augment_noise, speed_perturb
+from asrlib.data.augment import WavePerturbation, spec_augment_noise
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
@@ -113,10 +113,13 @@ class Trainer:
         entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
                                          max_duration=td.max_duration, strict=td.strict)
         self.log_line(f"train: {report.summary()}")
-        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict, max_seconds=td.max_duration)
+        # speed and gain run in the DataLoader workers, drawn by (seed, epoch, utterance index)
+        perturbation = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db), cfg.trainer.seed)
+        self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict, max_seconds=td.max_duration,
+                                      perturbation=perturbation)
         self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
-                                          sorted_epochs=td.sorted_epochs)
+                                          sorted_epochs=td.sorted_epochs, with_epoch=True)
         self.model = build_model(cfg.model).to(self.device)
         if self.rank == 0:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
@@ -238,26 +241,6 @@ class Trainer:
             args.update(persistent_workers=td.persistent_workers, prefetch_factor=td.prefetch_factor)
         return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **args)
 
-    def perturb(self, batch: Batch, gen: torch.Generator) -> Batch:
-        """Speed, then gain, per utterance, drawn from ``gen`` (see asrlib/data/augment.py)."""
-        factors, gain = self.cfg.train_dataset.speed_perturb, self.cfg.train_dataset.gain_db
-        if not factors and not gain:
-            return batch
-        sr = self.cfg.model.frontend.sample_rate
-        waves = []
-        for b in range(batch.audio.shape[0]):
-            w = batch.audio[b, : batch.audio_lengths[b]].numpy()
-            if factors:
-                w = speed_perturb(w, factors[int(torch.randint(0, len(factors), (1,), generator=gen))], sr)
-            if gain:
-                w = gain_perturb(w, gain[0] + (gain[1] - gain[0]) * float(torch.rand((), generator=gen)))
-            waves.append(w)
-        lengths = torch.tensor([len(w) for w in waves])
-        audio = torch.zeros(len(waves), int(lengths.max()))
-        for b, w in enumerate(waves):
-            audio[b, : len(w)] = torch.from_numpy(w)
-        return Batch(audio, lengths, batch.tokens, batch.token_lengths, batch.texts, batch.indices)
-
     def train_step(self, batches: list[Batch]) -> dict[str, float]:
         """One optimiser update over ``batches`` (gradient accumulation); returns logged values."""
         self.model.train()
@@ -268,7 +251,6 @@ class Trainer:
         totals = {"loss": 0.0, "rnnt": 0.0, "ctc": 0.0, "infeasible": 0.0}
         finite, seconds = True, 0.0
         for i, batch in enumerate(batches):
-            batch = self.perturb(batch, gen)
             seconds += float(batch.audio_lengths.sum()) / self.cfg.model.frontend.sample_rate
             sync = self.ddp is None or i == len(batches) - 1
             ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()

@@ -13,10 +13,13 @@ loader keeps up with a 20x margin:
   ``--tokens-per-second`` targets, one 8 s utterance);
 - ``gpu_need_audio_s_per_s`` = stated GPU throughput (``--gpu-tflops`` dense bf16 peak x
   ``--mfu``, the fraction a good step reaches) / those FLOPs;
-- ``loader_audio_s_per_s``: the config's ``num_workers`` x this machine's one-core decode rate
-  (a projection: one free core per worker), and ``loader_margin`` = that / the GPU's need;
-- ``speed_perturb_audio_s_per_s``: the trainer's speed perturbation (soxr, in the training
-  process, one core), which is on the step's critical path when the preset uses it.
+- ``loader_audio_s_per_s``: the config's ``num_workers`` x this machine's one-core rate of the
+  training Dataset (decode, resample, and the preset's speed/gain perturbation, which run in
+  the DataLoader workers), a projection with one free core per worker; ``loader_margin`` =
+  that / the GPU's need.
+
+``--perturb`` measures the loader with speed [0.9, 1.0, 1.1] and gain [-20, 6] dB, as the
+digits recipe trains (the perturbation runs in the workers, drawn by (seed, epoch, index)).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from asrlib.audio import load_audio  # noqa: E402
+from asrlib.data.augment import WavePerturbation  # noqa: E402
 from asrlib.data.dataset import AudioDataset, BucketBatchSampler  # noqa: E402
 from asrlib.data.manifest import read_manifest  # noqa: E402
 from asrlib.tokenizer import Tokenizer  # noqa: E402
@@ -50,6 +54,7 @@ def main() -> int:
     parser.add_argument("--mfu", type=float, default=0.3, help="fraction of the peak a step reaches")
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--tokens-per-second", type=float, default=3.0)
+    parser.add_argument("--perturb", action="store_true", help="speed 0.9/1.0/1.1 and gain -20..6 dB in the loader")
     args = parser.parse_args()
     entries, _ = read_manifest(args.manifest, strict=True)
     seconds = sum(e.duration for e in entries)
@@ -61,14 +66,17 @@ def main() -> int:
         load_audio(e.audio_filepath, args.sample_rate)
     in_process = time.perf_counter() - start
 
-    ds = AudioDataset(entries, args.sample_rate, Tokenizer(REPO / "data_samples" / "digits" / "tokenizer"))
-    sampler = BucketBatchSampler([e.duration for e in entries], batch_seconds=60.0, max_batch_size=32, seed=0)
+    pert = WavePerturbation(args.sample_rate, (0.9, 1.0, 1.1), (-20.0, 6.0)) if args.perturb else None
+    ds = AudioDataset(entries, args.sample_rate, Tokenizer(REPO / "data_samples" / "digits" / "tokenizer"),
+                      perturbation=pert)
+    sampler = BucketBatchSampler([e.duration for e in entries], batch_seconds=60.0, max_batch_size=32, seed=0,
+                                 with_epoch=True)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=args.workers)
     start = time.perf_counter()
     n = sum(len(batch) for batch in loader)
     loader_time = time.perf_counter() - start
 
-    extra = gpu_need(args, seconds / in_process) if args.gpu_need else {}
+    extra = gpu_need(args, entries) if args.gpu_need else {}
     print(json.dumps({
         "manifest": os.path.relpath(args.manifest, REPO),
         "utterances": len(entries),
@@ -78,6 +86,7 @@ def main() -> int:
         "in_process_utt_per_s": round(len(entries) / in_process, 1),
         "in_process_audio_s_per_s": round(seconds / in_process, 1),
         "dataloader_workers": args.workers,
+        "dataloader_perturbation": args.perturb,
         "dataloader_utt_per_s": round(n / loader_time, 1),
         "dataloader_audio_s_per_s": round(seconds / loader_time, 1),
         "cpu_count": os.cpu_count(),
@@ -87,12 +96,19 @@ def main() -> int:
     return 0
 
 
-def gpu_need(args, one_core_audio_s_per_s: float) -> dict:
-    import numpy as np
+def one_core_rate(entries, sample_rate: int, perturbation) -> float:
+    """Audio-seconds per second of the training Dataset's ``__getitem__`` on one thread."""
+    ds = AudioDataset(entries, sample_rate, perturbation=perturbation)
+    start = time.perf_counter()
+    for i in range(len(ds)):
+        ds[(0, i)]
+    return sum(e.duration for e in entries) / (time.perf_counter() - start)
+
+
+def gpu_need(args, entries) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from asrlib.config import load_config
-    from asrlib.data.augment import speed_perturb
     from asrlib.losses.hybrid import HybridLoss
     from asrlib.model.hybrid import build_model
 
@@ -109,24 +125,22 @@ def gpu_need(args, one_core_audio_s_per_s: float) -> dict:
         out["loss"].backward()
     flops_per_s = fc.get_total_flops() / secs
     need = args.gpu_tflops * 1e12 * args.mfu / flops_per_s
-    wave = np.random.default_rng(0).standard_normal(sr * 10).astype(np.float32)
-    start = time.perf_counter()
-    for f in (0.9, 1.1, 0.9, 1.1):
-        speed_perturb(wave, f, sr)
-    perturb_rate = 40.0 / (time.perf_counter() - start)
-    workers = cfg.train_dataset.num_workers
-    loader = workers * one_core_audio_s_per_s
+    td = cfg.train_dataset
+    pert = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db))
+    one_core = one_core_rate(entries, sr, pert)
+    workers = td.num_workers
+    loader = workers * one_core
     return {
         "gpu_need_config": args.gpu_need,
         "model_gflops_per_audio_second": round(flops_per_s / 1e9, 2),
         "stated_gpu": {"bf16_peak_tflops": args.gpu_tflops, "mfu": args.mfu},
         "gpu_need_audio_s_per_s": round(need, 1),
         "config_num_workers": workers,
+        "config_perturbation": {"speed_perturb": list(td.speed_perturb), "gain_db": list(td.gain_db)},
+        "one_core_dataset_audio_s_per_s": round(one_core, 1),
         "loader_audio_s_per_s": round(loader, 1),
         "loader_margin": round(loader / need, 2),
         "loader_margin_ok_20x": loader >= 20 * need,
-        "speed_perturb_audio_s_per_s": round(perturb_rate, 1),
-        "speed_perturb_margin": round(perturb_rate / need, 2) if cfg.train_dataset.speed_perturb else None,
     }
 
 

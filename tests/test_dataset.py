@@ -250,3 +250,52 @@ def test_sorted_epochs_go_shortest_first_then_shuffle():
     sorted_first = BucketBatchSampler(d, **kw)
     assert sorted_first.global_plan(2) == plain.global_plan(2)
     assert sorted_first.global_plan(0) != plain.global_plan(0)
+
+
+# ------------------------------------------------------------------ perturbation in the workers
+
+
+def perturbed_batches(ds, entries, workers: int) -> list[tuple[list[int], torch.Tensor]]:
+    sampler = BucketBatchSampler([e.duration for e in entries], batch_seconds=1.6, max_batch_size=4, num_buckets=2,
+                                 seed=0, with_epoch=True)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=workers)
+    out = []
+    for _ in range(2):  # two epochs: a new pass draws new perturbations
+        out += [(b.indices, b.audio.clone()) for b in loader]
+    return out
+
+
+def test_perturbation_is_drawn_by_epoch_and_index_not_by_worker(tiny_manifest, tok):
+    from asrlib.data.augment import WavePerturbation, gain_perturb, speed_perturb
+
+    entries, _ = read_manifest(tiny_manifest, strict=True)
+    pert = WavePerturbation(16000, (0.9, 1.0, 1.1), (-20.0, 6.0), seed=7)
+    ds = AudioDataset(entries, 16000, tok, perturbation=pert)
+    plain = AudioDataset(entries, 16000, tok)
+    # an item is the plain audio, sped up by its drawn factor, then scaled by its drawn gain
+    for epoch in (0, 3):
+        for i in range(len(entries)):
+            factor, gain = pert.draw(epoch, i)
+            ref = gain_perturb(speed_perturb(plain[i][0].numpy(), factor, 16000), gain)
+            assert np.array_equal(ds[(epoch, i)][0].numpy(), ref)
+    assert torch.equal(ds[0][0], plain[0][0])  # a bare index (validation, statistics) is not perturbed
+    # the same batches, bit for bit, whether the main process or two workers load them
+    inline, workers = perturbed_batches(ds, entries, 0), perturbed_batches(ds, entries, 2)
+    assert [i for i, _ in inline] == [i for i, _ in workers]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(inline, workers))
+
+
+def test_perturbation_draws_cover_the_configured_choices():
+    from asrlib.data.augment import WavePerturbation
+
+    pert = WavePerturbation(16000, (0.9, 1.0, 1.1), (-20.0, 6.0), seed=1)
+    draws = [pert.draw(e, i) for e in range(3) for i in range(1000)]
+    factors = np.array([f for f, _ in draws])
+    gains = np.array([g for _, g in draws])
+    for f in (0.9, 1.0, 1.1):  # uniform over the list: 1000 of 3000 each, +- 4 sigma
+        assert abs(np.sum(factors == f) - 1000) < 4 * np.sqrt(3000 * (1 / 3) * (2 / 3))
+    assert gains.min() >= -20.0 and gains.max() <= 6.0
+    assert abs(gains.mean() - (-7.0)) < 4 * 26 / np.sqrt(12) / np.sqrt(3000)  # uniform mean, +- 4 sigma
+    assert pert.draw(2, 5) == WavePerturbation(16000, (0.9, 1.0, 1.1), (-20.0, 6.0), seed=1).draw(2, 5)
+    assert pert.draw(0, 5) != pert.draw(1, 5)  # a new epoch, a new draw
+    assert WavePerturbation(16000, (), ()).draw(0, 0) == (1.0, 0.0) and not WavePerturbation(16000).active

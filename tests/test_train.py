@@ -444,18 +444,29 @@ def test_pick_device_offsets_cuda_by_local_rank(monkeypatch):
 
 def test_loader_workers_give_the_same_batches_across_epochs(tmp_path):
     """Worker processes (persistent, prefetching) deliver the batches of the in-process loader,
-    epoch after epoch; bad loader settings are config errors naming the key."""
+    speed- and gain-perturbed alike, epoch after epoch; bad loader settings are config errors
+    naming the key."""
     train = make_manifest(tmp_path, RESUME_SET)
-    seqs = []
+    seqs, audio = [], []
     for i, workers in enumerate((0, 1)):
         tr = Trainer(tiny_config(tmp_path / f"run{i}", train, f"train_dataset.num_workers={workers}",
-                                 "train_dataset.batch_seconds=2.5", "train_dataset.max_batch_size=2"))
+                                 "train_dataset.batch_seconds=2.5", "train_dataset.max_batch_size=2",
+                                 "train_dataset.speed_perturb=[0.9, 1.0, 1.1]", "train_dataset.gain_db=[-20.0, 6.0]"))
         tr.setup()
         stream = tr.micro_batches()
         n = 2 * len(tr.sampler) + 1  # into the third epoch
-        seqs.append([next(stream).indices for _ in range(n)])
+        batches = [next(stream) for _ in range(n)]
+        seqs.append([b.indices for b in batches])
+        audio.append([[b.audio[k, : b.audio_lengths[k]] for k in range(len(b))] for b in batches])
         assert tr.progress.epoch == 2
     assert seqs[0] == seqs[1]
+    assert all(torch.equal(a, b) for x, y in zip(*audio) for a, b in zip(x, y))
+    # each epoch draws anew: an utterance's waveform in epoch 0 differs from epoch 1's
+    half = len(seqs[0]) // 2
+    epoch0 = {i: w for ids, ws in zip(seqs[0][:half], audio[0][:half]) for i, w in zip(ids, ws)}
+    epoch1 = {i: w for ids, ws in zip(seqs[0][half : 2 * half], audio[0][half : 2 * half]) for i, w in zip(ids, ws)}
+    assert set(epoch0) == set(epoch1)
+    assert sum(not (a.shape == epoch1[i].shape and torch.equal(a, epoch1[i])) for i, a in epoch0.items()) >= len(epoch0) - 1
     assert seqs[0][: len(seqs[0]) // 2] != seqs[0][len(seqs[0]) // 2 : 2 * (len(seqs[0]) // 2)]  # reshuffled
     with pytest.raises(ConfigError, match="train_dataset.prefetch_factor"):
         load_config(TINY, ["train_dataset.prefetch_factor=0"])

@@ -13,10 +13,17 @@ a property of the microphone and the speaker, not of the words: in the bundled c
 held-out speaker is 12-17 dB quieter than every training speaker, and a model that never saw
 quiet speech confuses and drops digits (log-mel features shift by a constant with the gain).
 
+Speed and gain run in the Dataset (``WavePerturbation``), so DataLoader workers do them while
+the model trains. Each draw comes from a generator seeded by (seed, epoch, utterance index)
+alone, so an utterance gets the same perturbation whichever worker loads it, in whatever
+order, and a resumed run repeats an uninterrupted one exactly.
+
 Shapes: B batch, T frames, M mel bins, S samples.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import soxr
@@ -75,3 +82,30 @@ def speed_perturb(audio: np.ndarray, factor: float, sample_rate: int) -> np.ndar
 def gain_perturb(audio: np.ndarray, gain_db: float) -> np.ndarray:
     """Scale ``audio`` by ``gain_db`` decibels (amplitude x 10^(gain_db / 20)); no clipping."""
     return (audio * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WavePerturbation:
+    """Speed, then gain, for one utterance: a factor from ``speed_factors`` (chosen uniformly)
+    and a gain uniform in [``gain_db[0]``, ``gain_db[1]``] dB. Empty lists turn a part off."""
+
+    sample_rate: int
+    speed_factors: tuple[float, ...] = ()
+    gain_db: tuple[float, ...] = field(default=())  # () or (low, high)
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.speed_factors) or bool(self.gain_db)
+
+    def draw(self, epoch: int, index: int) -> tuple[float, float]:
+        """(speed factor, gain in dB) of utterance ``index`` in ``epoch``: a pure function."""
+        rng = np.random.default_rng([self.seed, epoch, index])
+        factor = float(self.speed_factors[rng.integers(len(self.speed_factors))]) if self.speed_factors else 1.0
+        gain = float(rng.uniform(self.gain_db[0], self.gain_db[1])) if self.gain_db else 0.0
+        return factor, gain
+
+    def __call__(self, wave: np.ndarray, epoch: int, index: int) -> np.ndarray:
+        factor, gain = self.draw(epoch, index)
+        wave = speed_perturb(wave, factor, self.sample_rate)
+        return gain_perturb(wave, gain) if gain != 0.0 else wave

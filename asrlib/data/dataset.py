@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from asrlib.audio import FRAME_SECONDS, AudioError, load_audio
+from asrlib.data.augment import WavePerturbation
 from asrlib.data.manifest import ManifestEntry
 
 
@@ -36,10 +37,15 @@ class DataError(RuntimeError):
 
 class AudioDataset(torch.utils.data.Dataset):
     def __init__(self, entries: Sequence[ManifestEntry], sample_rate: int, tokenizer=None, strict: bool = False,
-                 max_seconds: float = 0.0):
+                 max_seconds: float = 0.0, perturbation: WavePerturbation | None = None):
         """``max_seconds`` > 0 rejects audio longer than that, measured on the audio itself: the
-        manifest's ``duration`` (which filtered the line) may be wrong."""
+        manifest's ``duration`` (which filtered the line) may be wrong.
+
+        ``perturbation`` (training only) applies speed and gain to items asked for by an
+        ``(epoch, index)`` key, as ``BucketBatchSampler(with_epoch=True)`` yields them; a plain
+        index loads the audio as it is."""
         self.entries = list(entries)
+        self.perturbation = perturbation if perturbation is not None and perturbation.active else None
         self.max_samples = int(max_seconds * sample_rate) if max_seconds > 0 else 0
         self.texts = [e.text for e in self.entries]
         self.sample_rate = sample_rate
@@ -58,7 +64,8 @@ class AudioDataset(torch.utils.data.Dataset):
         self.skipped[reason] += 1
         self.first_skipped.setdefault(reason, entry.where)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         entry = self.entries[i]
         try:
             segment = entry.duration if entry.segment else None  # NeMo: with an offset, read `duration` s
@@ -75,6 +82,8 @@ class AudioDataset(torch.utils.data.Dataset):
             ids = self.tokenizer.encode(entry.text)
             if self._only_unknown(ids):
                 return self._reject(entry, "text not encodable", f"the tokenizer turns {entry.text!r} into {'nothing' if not ids else 'only <unk>'}")
+        if self.perturbation is not None and epoch is not None:
+            wave = self.perturbation(wave, epoch, i)
         return torch.from_numpy(wave), torch.tensor(ids, dtype=torch.long), i
 
     def _only_unknown(self, ids: list[int]) -> bool:
@@ -163,6 +172,9 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     round, so a few utterances are seen twice. ``drop_last=True`` instead
     drops the last incomplete round (those utterances are not seen that epoch).
 
+    ``with_epoch=True`` yields ``(epoch, index)`` pairs instead of indices, the keys by which
+    ``AudioDataset`` draws its speed and gain perturbation.
+
     Resume: ``state_dict(consumed)`` records the epoch and how many batches this rank has
     consumed; after ``load_state_dict`` the next iteration yields exactly the remaining
     batches of that epoch. A full pass over the sampler moves it to the next epoch, so
@@ -181,6 +193,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         shuffle: bool = True,
         drop_last: bool = False,
         sorted_epochs: int = 0,
+        with_epoch: bool = False,
     ):
         if batch_seconds <= 0 or max_batch_size < 1 or num_buckets < 1:
             raise ValueError(f"need batch_seconds > 0, max_batch_size >= 1, num_buckets >= 1; got {batch_seconds}, {max_batch_size}, {num_buckets}")
@@ -192,6 +205,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         self.batch_seconds, self.max_batch_size, self.num_buckets = batch_seconds, max_batch_size, num_buckets
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle, self.drop_last, self.sorted_epochs = shuffle, drop_last, sorted_epochs
+        self.with_epoch = with_epoch  # yield (epoch, index) keys: what AudioDataset perturbs by
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded on this rank
         self._plan_cache: tuple[int, list[list[int]]] | None = None
@@ -249,11 +263,12 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         if epoch != self.epoch:
             self.epoch, self.consumed = epoch, 0
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         batches = self.plan()
         while self.consumed < len(batches):
             self.consumed += 1
-            yield batches[self.consumed - 1]
+            batch = batches[self.consumed - 1]
+            yield [(self.epoch, i) for i in batch] if self.with_epoch else batch
         self.epoch, self.consumed = self.epoch + 1, 0  # a finished pass starts the next epoch
 
     def state_dict(self, epoch: int | None = None, consumed: int | None = None) -> dict:
