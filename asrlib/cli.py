@@ -10,13 +10,15 @@
     asrlib compare-stream --checkpoint CK --audio F compare.py
     asrlib export --checkpoint CK --out DIR         export.py
 
-Each target module has ``main(argv: list[str]) -> int``; it is imported only when used, so
+A user's mistake is one line, ``asrlib COMMAND: error: …``, exit status 2; ``--debug`` (anywhere
+on the line) shows the traceback instead. Each target module has ``main(argv: list[str]) -> int``; it is imported only when used, so
 ``asrlib manifest check`` does not pay for importing the trainer.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -40,6 +42,9 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        os.environ["ASRLIB_DEBUG"] = "1"  # report_usage_errors lets exceptions through
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0

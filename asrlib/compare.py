@@ -27,12 +27,6 @@ from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import StreamingRecognizer
 
 
-def feed(rec: StreamingRecognizer, wave: np.ndarray, piece_samples: int) -> None:
-    step = len(wave) if piece_samples <= 0 else piece_samples
-    for i in range(0, len(wave), max(step, 1)):
-        rec.accept_waveform(wave[i : i + step])
-
-
 @torch.no_grad()
 def compare_stream(model: HybridASR, wave: np.ndarray, piece_samples: int = 1600, tokenizer=None) -> dict:
     """Full (chunk-masked) model vs the streaming path on one waveform at the model's rate,
@@ -49,13 +43,10 @@ def compare_stream(model: HybridASR, wave: np.ndarray, piece_samples: int = 1600
     t_full = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rec = StreamingRecognizer(model, tokenizer, decoder="rnnt_greedy", keep_encoder_output=True, device=device)
-    feed(rec, wave, piece_samples)
-    stream_rnnt = rec.finalize()
+    rec = StreamingRecognizer(model, tokenizer, decoder="rnnt_greedy", keep_encoder_output=True)
+    stream_rnnt = rec.recognize(wave, piece_samples)
     t_stream = time.perf_counter() - t0
-    rec_ctc = StreamingRecognizer(model, tokenizer, decoder="ctc_greedy", device=device)
-    feed(rec_ctc, wave, piece_samples)
-    stream_ctc = rec_ctc.finalize()
+    stream_ctc = StreamingRecognizer(model, tokenizer, decoder="ctc_greedy").recognize(wave, piece_samples)
 
     full = enc[0, : int(enc_len[0])]  # (T', D)
     streamed = rec.encoder_output().to(device)

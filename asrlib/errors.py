@@ -2,11 +2,14 @@
 
 A ``UsageError`` is something the user can fix (a path, a flag, a folder that already holds
 work). ``report_usage_errors`` turns it into ``asrlib <command>: error: <message>`` on stderr
-and exit status 2 (argparse's convention), with no traceback.
+and exit status 2 (argparse's convention), with no traceback. ``asrlib --debug COMMAND …`` (or
+``ASRLIB_DEBUG=1``) lets the exception through, traceback and all. A program bug is never
+caught here: it shows its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -26,6 +29,8 @@ def report_usage_errors(command: str, *more: type[BaseException]):
             try:
                 return main(argv)
             except caught as e:
+                if os.environ.get("ASRLIB_DEBUG"):
+                    raise
                 print(f"asrlib {command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                       file=sys.stderr, flush=True)
                 return 2

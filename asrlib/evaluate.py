@@ -1,11 +1,12 @@
 """``asrlib evaluate``: WER/CER of a checkpoint on a manifest, offline or streaming.
 
     asrlib evaluate --checkpoint CK --manifest M [--decoder ctc_greedy|ctc_beam|rnnt_greedy|rnnt_beam]
-                    [--beam 4] [--stream] [--piece-samples N] [--json OUT [--force]]
+                    [--beam 4] [--stream [--streams 16] [--piece-samples N]] [--json OUT [--force]]
 
 CK is a training checkpoint (``.pt``) or an exported model folder. ``--stream`` decodes every
 utterance through :class:`asrlib.streaming.StreamingRecognizer`, fed ``--piece-samples`` at a
-time; it must give the same WER as offline decoding (the central property of asrlib).
+time, ``--streams`` utterances at once (stepped and decoded as one batch); it must give the
+same WER as offline decoding, utterance by utterance (the central property of asrlib).
 The JSON report has ``wer`` and ``cer`` (fractions), ``num_utterances``, ``rtf`` (processing
 seconds per audio second), per-utterance results and ``skipped``: every manifest line left out
 of the WER (bad line, missing or unreadable audio), counted by reason with its first
@@ -35,6 +36,7 @@ from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.metrics import EditCounts, error_report, word_counts
 from asrlib.model.hybrid import HybridASR
+from asrlib.streaming import DECODERS as STREAM_DECODERS
 from asrlib.streaming import StreamingRecognizer
 from asrlib.errors import UsageError, refuse_existing_file, report_usage_errors
 from asrlib.tokenizer import Tokenizer, TokenizerError
@@ -65,21 +67,14 @@ def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rn
     raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
 
 
-def decode_streaming(model: HybridASR, wave: np.ndarray, decoder: str = "rnnt_greedy", piece_samples: int = 1600,
-                     tokenizer=None, device: str = "cpu") -> DecodingResult:
-    """Feed ``wave`` to a StreamingRecognizer ``piece_samples`` at a time; return the final result."""
-    rec = StreamingRecognizer(model, tokenizer, decoder=decoder, device=device)
-    step = len(wave) if piece_samples <= 0 else piece_samples
-    for i in range(0, len(wave), max(step, 1)):
-        rec.accept_waveform(wave[i : i + step])
-    return rec.finalize()
-
-
 def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Path, decoder: str = "rnnt_greedy",
                       beam: int = 4, stream: bool = False, piece_samples: int = 1600, batch_size: int = 16,
-                      device: str = "cpu") -> dict:
-    if stream and decoder not in ("rnnt_greedy", "ctc_greedy"):
-        raise ValueError(f"--stream supports rnnt_greedy and ctc_greedy, not {decoder}")
+                      device: str = "cpu", streams: int = 16) -> dict:
+    if stream and decoder not in STREAM_DECODERS:
+        raise UsageError(f"--stream decodes with {' or '.join(STREAM_DECODERS)}, not {decoder}; drop --stream for "
+                         "beam search")
+    rec = StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams) if stream else None
+    batch_size = max(batch_size, 4 * streams) if stream else batch_size  # utterances loaded at a time
     entries, report = read_manifest(manifest, strict=False)
     if not entries:
         raise UsageError(f"{manifest} has no usable utterance ({report.summary()}); check it with "
@@ -91,15 +86,15 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
         batch, waves = [], []
         for e in entries[start : start + batch_size]:
             try:
-                waves.append(load_audio(e.audio_filepath, sr, e.offset, e.duration if e.offset > 0 else None))
+                waves.append(load_audio(e.audio_filepath, sr, *e.span))
                 batch.append(e)
             except AudioError:
                 report.drop("unreadable audio", e.where)
         if not batch:
             continue
         t0 = time.perf_counter()
-        if stream:
-            results = [decode_streaming(model, w, decoder, piece_samples, tokenizer, device) for w in waves]
+        if rec is not None:
+            results = rec.recognize_many(waves, piece_samples)
         else:
             results = decode_offline(model, waves, decoder, beam, tokenizer.decode, device)
         compute_seconds += time.perf_counter() - t0
@@ -190,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--stream", action="store_true", help="decode through the streaming recogniser")
     p.add_argument("--piece-samples", type=int, default=1600, help="samples fed per call when streaming")
+    p.add_argument("--streams", type=int, default=16, help="utterances streamed at once (batched) with --stream")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder/model (default: the checkpoint's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the full report here (a new file)")
@@ -197,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
     args = p.parse_args(argv)
+    if args.streams < 1:
+        raise UsageError(f"--streams must be at least 1, got {args.streams}")
     torch.set_num_threads(args.threads)
     if args.json:  # before any work: a refusal should not cost a whole evaluation
         refuse_existing_file(args.json, args.force, [*args.manifest, args.checkpoint])
@@ -204,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for manifest in args.manifest:
         r = evaluate_manifest(model, tokenizer, manifest, args.decoder, args.beam, args.stream, args.piece_samples,
-                              device=args.device)
+                              device=args.device, streams=args.streams)
         reports.append(r)
         print(f"{Path(manifest).name}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  "
               f"utterances {r['num_utterances']}  RTF {r['rtf']:.4f}  ({args.decoder}{', streaming' if args.stream else ''})")

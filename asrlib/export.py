@@ -4,11 +4,11 @@
 
 DIR receives:
 
-* ``encoder_step.onnx`` - one streaming step, frontend included. Inputs: ``audio`` (B, N) new
+* ``encoder_step.onnx`` - one streaming step, ``HybridASR.stream_step`` exported as it is. Inputs: ``audio`` (B, N) new
   samples (N a multiple of the hop: ``chunk_samples`` for every full chunk, fewer for the final
   flush; the time axis is dynamic, so the flush runs unpadded and matches PyTorch exactly) and
-  one input per state tensor, named after :func:`asrlib.model.state.flatten` of
-  ``{"frontend": FrontendCache, "encoder": EncoderState}`` with the prefix ``state.``
+  one input per state tensor, named after :func:`asrlib.model.state.flatten` of the model's
+  ``StreamState`` (``HybridASR.init_stream``) with the prefix ``state.``
   (``state.encoder.blocks.0.mixer.k`` …). Outputs: ``encoder_out`` (B, T', D),
   ``ctc_log_probs`` (B, T', V + 1) and ``new_<input name>`` for every state input.
 * ``predictor_step.onnx`` - tokens (B,) int64, h, c (B, layers, Hp) -> out (B, Dp), new_h, new_c.
@@ -69,32 +69,27 @@ BUNDLED_MANIFEST = Path(__file__).resolve().parents[1] / "data_samples" / "digit
 
 
 # --------------------------------------------------------------------------- names
-def stream_state(model: HybridASR, batch: int = 1) -> dict:
-    """The streaming state the encoder step carries: frontend cache + encoder state."""
-    return {"frontend": model.frontend.init_state(batch), "encoder": model.encoder.init_state(batch)}
-
-
 def state_names(model: HybridASR) -> list[str]:
     """ONNX input names of the state tensors, in graph order: ``state.<flatten name>``."""
-    return list(st.flatten(stream_state(model), "state"))
+    return list(st.flatten(model.init_stream(1), "state"))
 
 
 # --------------------------------------------------------------------------- wrappers
 class EncoderStep(nn.Module):
-    """audio (B, N), *state tensors -> encoder_out (B, T', D), ctc_log_probs, *new state tensors."""
+    """``HybridASR.stream_step`` with flat tensors: audio (B, N), *state tensors ->
+    encoder_out (B, T', D), ctc_log_probs (B, T', V + 1), *new state tensors."""
 
     def __init__(self, model: HybridASR):
         super().__init__()
         self.model = model
-        self.template = stream_state(model)
+        self.template = model.init_stream(1)
         self.names = state_names(model)
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         state = st.unflatten(self.template, dict(zip(self.names, states)), "state")
-        feats, fe_state = self.model.frontend.step(audio, state["frontend"])  # (B, N / hop, M)
-        enc, enc_state = self.model.encoder.step(feats, state["encoder"])  # (B, T', D)
-        new = st.flatten({"frontend": fe_state, "encoder": enc_state}, "state")
-        return (enc, self.model.ctc_head(enc), *[new[n] for n in self.names])
+        enc, ctc, new_state = self.model.stream_step(audio, state)
+        new = st.flatten(new_state, "state")
+        return (enc, ctc, *[new[n] for n in self.names])
 
 
 class PredictorStep(nn.Module):
@@ -154,13 +149,8 @@ def _export_copy(model: HybridASR) -> HybridASR:
 
 
 def streaming_info(model: HybridASR) -> dict:
-    fe = model.frontend
     return {
-        "hop": fe.hop_length,
-        "context": fe.win_length - fe.hop_length,
-        "chunk_samples": model.chunk_samples,
-        "blank": model.blank,
-        "sample_rate": fe.cfg.sample_rate,
+        **dataclasses.asdict(model.streaming),
         "state_names": state_names(model),
         "opset": OPSET,
         "torch": torch.__version__,
@@ -195,7 +185,7 @@ def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
 
     step = EncoderStep(m)
     names = step.names
-    init = st.flatten(stream_state(m, B), "state")
+    init = st.flatten(m.init_stream(B), "state")
     audio = torch.zeros(B, m.chunk_samples)
     outputs = ["encoder_out", "ctc_log_probs"] + [f"new_{n}" for n in names]
     dyn = {n: batch for n in names + outputs}
@@ -233,7 +223,7 @@ def verification_audio(sample_rate: int, min_samples: int, audio: str | Path | N
         entries, _ = read_manifest(BUNDLED_MANIFEST, strict=True)
         clips, total = [], 0
         for e in entries:
-            clips.append(load_audio(e.audio_filepath, sample_rate, e.offset, e.duration))
+            clips.append(load_audio(e.audio_filepath, sample_rate, *e.span))
             total += len(clips[-1])
             if total >= min_samples:
                 break
@@ -258,27 +248,26 @@ def verify(model: HybridASR, onnx_dir: str | Path, tokenizer=None, audio: str | 
     if next(model.parameters()).device.type != "cpu" or model.training:
         model = copy.deepcopy(model).cpu().eval()  # leave the caller's model where it is
     backend = OnnxStreamingBackend(onnx_dir)
+    c = backend.constants
     # min_chunks full chunks plus a partial one, so the flush is not empty
-    need = backend.context + min_chunks * backend.chunk_samples + backend.chunk_samples // 2 + 7
-    x = verification_audio(backend.sample_rate, need, audio)
+    need = c.context + min_chunks * c.chunk_samples + c.chunk_samples // 2 + 7
+    x = verification_audio(c.sample_rate, need, audio)
     recs = {"torch": StreamingRecognizer(model, tokenizer, keep_encoder_output=True),
             "onnx": StreamingRecognizer(tokenizer=tokenizer, keep_encoder_output=True, backend=backend)}
     results, seconds = {}, {}
     for name, rec in recs.items():
         t0 = time.perf_counter()
-        for i in range(0, len(x), piece_samples):
-            rec.accept_waveform(x[i : i + piece_samples])
-        results[name] = rec.finalize()
+        results[name] = rec.recognize(x, piece_samples)
         seconds[name] = time.perf_counter() - t0
     e_t, e_o = recs["torch"].encoder_output(), recs["onnx"].encoder_output()  # (T', D) each
     same_shape = tuple(e_t.shape) == tuple(e_o.shape)
     diff = float((e_t - e_o).abs().max()) if same_shape else float("inf")
     tokens_equal = results["torch"].tokens == results["onnx"].tokens
-    seconds_audio = len(x) / backend.sample_rate
+    seconds_audio = len(x) / c.sample_rate
     return {
         "ok": bool(same_shape and diff <= TOLERANCE and tokens_equal),
         "audio_seconds": round(seconds_audio, 3),
-        "full_chunks": (len(x) - backend.context) // backend.chunk_samples,
+        "full_chunks": (len(x) - c.context) // c.chunk_samples,
         "encoder_frames": int(e_t.shape[0]),
         "max_abs_diff": diff,
         "tolerance": TOLERANCE,

@@ -1,9 +1,9 @@
 """Streaming with onnxruntime only: the graphs written by ``asrlib export`` behind the same
 :class:`~asrlib.streaming.StreamingRecognizer` the PyTorch model uses.
 
-:class:`OnnxStreamingBackend` has the interface of ``TorchStreamingBackend`` (``init_state``,
-``prime``, ``step``, ``ctc_log_probs``, ``blank``, ``hop``, ``context``, ``chunk_samples``,
-``device``), and its ``prediction`` / ``joint`` attributes are duck-typed stand-ins for
+:class:`OnnxStreamingBackend` implements :class:`asrlib.streaming.StreamingBackend`
+(``constants``, ``device``, ``init_state``, ``prime``, ``step``), and its ``prediction`` /
+``joint`` attributes are duck-typed stand-ins for
 ``PredictionNet`` / ``Joint`` with exactly the methods the RNN-T decoders call. The
 recogniser logic (buffering, priming, the flush, decoding) is therefore not written twice.
 
@@ -33,6 +33,7 @@ from torch import Tensor
 from asrlib.config import ModelConfig, model_config_from_dict
 from asrlib.model import state as st
 from asrlib.model.heads import PredictionState
+from asrlib.model.hybrid import StreamingConstants
 
 _DTYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64, "tensor(int64)": torch.int64}
 _FRONTEND_SAMPLES = "state.frontend.samples"
@@ -113,9 +114,9 @@ class OnnxStreamingBackend:
             raise FileNotFoundError(f"ONNX folder not found: {self.dir} (write one with `asrlib export`)")
         self.encoder = _session(self.dir / "encoder_step.onnx", threads)
         self.cfg, info = read_metadata(self.dir / "encoder_step.onnx")
-        self.hop, self.context = int(info["hop"]), int(info["context"])
-        self.chunk_samples, self.blank = int(info["chunk_samples"]), int(info["blank"])
-        self.sample_rate = int(info["sample_rate"])
+        self.constants = StreamingConstants(hop=int(info["hop"]), context=int(info["context"]),
+                                            chunk_samples=int(info["chunk_samples"]), blank=int(info["blank"]),
+                                            sample_rate=int(info["sample_rate"]))
         self.device = torch.device("cpu")
         self.state_inputs = [i for i in self.encoder.get_inputs() if i.name != "audio"]
         self.state_names = [i.name for i in self.state_inputs]
@@ -124,35 +125,27 @@ class OnnxStreamingBackend:
         self.output_names = ["encoder_out", "ctc_log_probs"] + [f"new_{n}" for n in self.state_names]
         self.prediction = OnnxPrediction(_session(self.dir / "predictor_step.onnx", threads))
         self.joint = OnnxJoint(_session(self.dir / "joint.onnx", threads))
-        self._last: tuple[Tensor, Tensor] | None = None  # (encoder_out, ctc_log_probs) of the last step
 
     def init_state(self, n: int) -> dict[str, Tensor]:
         """Zeros for ``n`` streams: {state input name: (n, …) tensor}."""
         return {i.name: torch.zeros(n, *[int(d) for d in i.shape[1:]], dtype=_DTYPES[i.type]) for i in self.state_inputs}
 
     def prime(self, state: dict[str, Tensor], i: int, first: np.ndarray) -> dict[str, Tensor]:
-        """Stream ``i`` starts with its own first ``context`` samples in the frontend cache."""
-        new = dict(state)
-        new[_FRONTEND_SAMPLES] = state[_FRONTEND_SAMPLES].clone()
-        new[_FRONTEND_SAMPLES][i] = torch.from_numpy(np.asarray(first, np.float32))
-        return new
+        """Stream ``i`` restarts with its own first ``context`` samples in the frontend cache."""
+        row = self.init_state(1)
+        row[_FRONTEND_SAMPLES] = torch.from_numpy(np.asarray(first, np.float32))[None]
+        return st.scatter(state, torch.tensor([i]), row)
 
-    def step(self, state: dict[str, Tensor], streams: list[int], samples: np.ndarray) -> tuple[Tensor, Any]:
-        """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), new state."""
+    def step(self, state: dict[str, Tensor], streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
+        """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), CTC
+        log-probs (k, T', V + 1), new state."""
         idx = torch.tensor(streams)
         sub = st.select(state, idx)
         feed = {"audio": np.ascontiguousarray(samples, dtype=np.float32)}
         feed.update({n: _np(sub[n]) for n in self.state_names})
         enc, ctc, *new = self.encoder.run(self.output_names, feed)
         new_sub = {n: torch.from_numpy(v) for n, v in zip(self.state_names, new)}
-        self._last = (torch.from_numpy(enc), torch.from_numpy(ctc))
-        return self._last[0], st.scatter(state, idx, new_sub)
-
-    def ctc_log_probs(self, enc: Tensor) -> Tensor:
-        """CTC log-probs (k, T', V + 1) of the encoder output the last ``step`` returned."""
-        if self._last is None or enc is not self._last[0]:
-            raise ValueError("OnnxStreamingBackend.ctc_log_probs: pass the encoder output of the last step()")
-        return self._last[1]
+        return torch.from_numpy(enc), torch.from_numpy(ctc), st.scatter(state, idx, new_sub)
 
 
 def load_onnx_recognizer(onnx_dir: str | Path, decoder: str = "rnnt_greedy", **kwargs):

@@ -1,77 +1,146 @@
 """StreamingRecognizer: audio pieces of any length in, growing text out.
 
 The same weights, the same chunk boundaries as training: the recogniser buffers samples until
-a whole chunk of ``chunk_frames`` frontend frames is available, then runs the frontend, the
-encoder and the decoder one step; ``finalize`` flushes the last partial chunk, so no final
-word is ever dropped. Because every block is causal at chunk granularity, the encoder output
-is the full model's output (tests check it to float32 round-off).
+a whole chunk of ``chunk_frames`` frontend frames is available, then runs one streaming step
+(``HybridASR.stream_step``: frontend, encoder, CTC head) and the decoder over its frames;
+``finalize`` flushes the last partial chunk, so no final word is ever dropped. Because every
+block is causal at chunk granularity, the encoder output is the full model's output (tests
+check it to float32 round-off).
 
     rec = StreamingRecognizer(model, tokenizer)
-    for piece in pieces:                 # 1 sample, 37 samples, 20 ms, 1 s …
-        partial = rec.accept_waveform(piece)
-    result = rec.finalize()              # text, tokens, per-token encoder frames
+    for partial in rec.stream(wave, piece_samples=1600):   # partial results, then the final one
+        print(partial.text)
+    rec.reset()
+    result = rec.recognize(wave)                          # the final result only
 
-Several streams run batched (``num_streams``): ``accept_waveforms([piece_0, piece_1, …])``.
-Streams that have a whole chunk ready are stepped together (their states are selected out of
-the batch and written back); a stream's final partial chunk is run on its own.
+or push pieces yourself: ``rec.accept_waveform(piece)`` ... ``rec.finalize()``.
 
-Sample bookkeeping (per stream): the frontend needs ``win - hop`` samples of left context
-before its first frame, so the first ``win - hop`` samples prime its cache; afterwards each
-step eats ``chunk_frames * hop`` samples. The state of every stream has a fixed size: it does
-not grow with elapsed time.
+Many streams (``num_streams``): ``accept_waveforms([piece_0, piece_1, …])``. The streams that
+have a whole chunk ready are stepped together through the encoder **and decoded together**
+(one batched prediction-network/joint call per emitted-symbol step); a stream's final partial
+chunk is run on its own. ``recognize_many(waves)`` runs a list of utterances through the
+streams, starting the next utterance in a stream as soon as one ends.
+
+Backends (``StreamingBackend``): the PyTorch model here, onnxruntime in
+:mod:`asrlib.onnx_runtime`. The recogniser logic (buffering, priming, the flush, decoding)
+is written once, here.
+
+Sample bookkeeping (per stream): the frontend needs ``context = win - hop`` samples of left
+context before its first frame, so the first ``context`` samples prime its cache; afterwards
+each step eats ``chunk_samples``. The state of every stream has a fixed size: it does not
+grow with elapsed time.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.model import state as st
-from asrlib.model.hybrid import HybridASR
+from asrlib.model.hybrid import HybridASR, StreamingConstants
+
+DECODERS = ("rnnt_greedy", "ctc_greedy")
+
+
+class StreamingBackend(Protocol):
+    """What the recogniser needs from a model: a batched streaming step and the RNN-T parts.
+
+    The state is batch first (``asrlib.model.state`` selects and scatters its rows).
+    """
+
+    constants: StreamingConstants
+    device: torch.device
+    prediction: Any  # init_state(batch, device), step(tokens, state): see asrlib.decoding.rnnt
+    joint: Any  # project_encoder, project_prediction, combine
+
+    def init_state(self, n: int) -> Any:
+        """The state of ``n`` fresh streams."""
+
+    def prime(self, state: Any, i: int, first: np.ndarray) -> Any:
+        """``state`` with stream ``i`` restarted and primed with its first ``context`` samples."""
+
+    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
+        """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), CTC
+        log-probs (k, T', V + 1), new state (the other streams' rows unchanged)."""
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Run in eval mode (no dropout), and give the model back in the mode it came in."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 class TorchStreamingBackend:
-    """The PyTorch model as a streaming step: (state, samples) -> (encoder frames, state)."""
+    """The PyTorch model as a streaming backend: ``HybridASR.stream_step`` on selected rows."""
 
-    def __init__(self, model: HybridASR, device: str | torch.device = "cpu"):
-        self.model = model.eval()
-        self.device = torch.device(device)
-        fe = model.frontend
-        self.hop, self.context = fe.hop_length, fe.win_length - fe.hop_length
-        self.chunk_samples = model.encoder.chunk_frames * fe.hop_length
-        self.blank = model.blank
+    def __init__(self, model: HybridASR, device: str | torch.device | None = None):
+        own = next(model.parameters()).device
+        self.device = own if device is None else torch.device(device)
+        if self.device != own:
+            raise ValueError(f"the model is on {own}, not {self.device}: move it (model.to(device)) or leave "
+                             "the device unset to stream where the model is")
+        self.model = model
+        self.constants = model.streaming
         self.prediction, self.joint = model.prediction, model.joint
 
     def init_state(self, n: int) -> Any:
-        return {"frontend": self.model.frontend.init_state(n, self.device),
-                "encoder": self.model.encoder.init_state(n, self.device)}
+        return self.model.init_stream(n, self.device)
 
     @torch.no_grad()
     def prime(self, state: Any, i: int, first: np.ndarray) -> Any:
-        row = self.model.frontend.init_state(torch.from_numpy(first[None]).to(self.device))
-        idx = torch.tensor([i], device=self.device)
-        return {**state, "frontend": st.scatter(state["frontend"], idx, row)}
+        row = self.model.init_stream(torch.from_numpy(np.asarray(first, np.float32)[None]).to(self.device))
+        return st.scatter(state, torch.tensor([i], device=self.device), row)
 
     @torch.no_grad()
-    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Any]:
-        """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), new state."""
+    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
+        everyone = streams == list(range(st.batch_size(state)))  # no select / scatter copies needed
         idx = torch.tensor(streams, device=self.device)
-        fe_state, enc_state = st.select(state["frontend"], idx), st.select(state["encoder"], idx)
-        feats, fe_state = self.model.frontend.step(torch.from_numpy(samples).to(self.device), fe_state)
-        enc, enc_state = self.model.encoder.step(feats, enc_state)  # (k, T', D)
-        new = {"frontend": st.scatter(state["frontend"], idx, fe_state),
-               "encoder": st.scatter(state["encoder"], idx, enc_state)}
-        return enc, new
+        with _eval_mode(self.model):
+            enc, ctc, sub = self.model.stream_step(torch.from_numpy(samples).to(self.device),
+                                                   state if everyone else st.select(state, idx))
+        return enc, ctc, sub if everyone else st.scatter(state, idx, sub)
 
-    @torch.no_grad()
-    def ctc_log_probs(self, enc: Tensor) -> Tensor:
-        return self.model.ctc_head(enc)
+
+class RNNTStreamDecoder:
+    """Greedy RNN-T over a backend's prediction network and joint, chunk by chunk."""
+
+    def __init__(self, backend: StreamingBackend, max_symbols_per_frame: int = 5):
+        self.backend = backend
+        self.decoder = RNNTGreedyDecoder(RNNTGreedyOptions(backend.constants.blank, max_symbols_per_frame))
+
+    def init_state(self, n: int):
+        return self.decoder.init_state(n, self.backend.prediction, self.backend.device)
+
+    def decode_chunk(self, enc: Tensor, ctc: Tensor, state, offsets: list[int]):
+        return self.decoder.decode_chunk(self.backend.prediction, self.backend.joint, enc, state, offsets)
+
+
+class CTCStreamDecoder:
+    """Greedy CTC, chunk by chunk (the last frame's label carries over)."""
+
+    def __init__(self, backend: StreamingBackend):
+        self.decoder = CTCGreedyDecoder(CTCGreedyOptions(backend.constants.blank))
+
+    def init_state(self, n: int):
+        return self.decoder.init_state(n)
+
+    def decode_chunk(self, enc: Tensor, ctc: Tensor, state, offsets: list[int]):
+        return self.decoder.decode_chunk(ctc, state, offsets)
 
 
 @dataclass
@@ -79,55 +148,68 @@ class _Stream:
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # samples not yet used
     primed: bool = False
     frames: int = 0  # encoder frames produced so far
-    decoder: Any = None  # RNNTGreedyState (batch of one) or CTC bookkeeping
     enc: list = field(default_factory=list)  # encoder chunks, when keep_encoder_output
     finished: bool = False
 
 
 class StreamingRecognizer:
+    """Streams of audio in, text out; see the module docstring.
+
+    ``model`` runs on its own device (``device`` may only confirm it); a model in training mode
+    is stepped in eval mode and handed back in training mode. ``backend`` replaces the model
+    (e.g. :class:`asrlib.onnx_runtime.OnnxStreamingBackend`).
+    """
+
     def __init__(self, model: HybridASR | None = None, tokenizer=None, decoder: str = "rnnt_greedy",
-                 num_streams: int = 1, max_symbols_per_frame: int = 5, device: str = "cpu",
-                 keep_encoder_output: bool = False, backend: Any = None):
-        if decoder not in ("rnnt_greedy", "ctc_greedy"):
-            raise ValueError(f"streaming decoder must be 'rnnt_greedy' or 'ctc_greedy', got {decoder!r}")
+                 num_streams: int = 1, max_symbols_per_frame: int = 5, device: str | torch.device | None = None,
+                 keep_encoder_output: bool = False, backend: StreamingBackend | None = None):
+        if decoder not in DECODERS:
+            raise ValueError(f"streaming decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        if num_streams < 1:
+            raise ValueError(f"num_streams must be >= 1, got {num_streams}")
         self.backend = backend if backend is not None else TorchStreamingBackend(model, device)
-        self.tokenizer, self.decoder_name, self.num_streams = tokenizer, decoder, num_streams
-        self.rnnt = RNNTGreedyDecoder(RNNTGreedyOptions(self.backend.blank, max_symbols_per_frame))
+        self.constants: StreamingConstants = self.backend.constants
+        self.decoder = (RNNTStreamDecoder(self.backend, max_symbols_per_frame) if decoder == "rnnt_greedy"
+                        else CTCStreamDecoder(self.backend))
+        self.tokenizer, self.num_streams = tokenizer, num_streams
         self.keep_encoder_output = keep_encoder_output
         self.reset()
 
     def reset(self) -> None:
+        """Every stream starts afresh."""
         self.state = self.backend.init_state(self.num_streams)
-        self.streams = [self._new_stream() for _ in range(self.num_streams)]
+        self.dec_state = self.decoder.init_state(self.num_streams)
+        self.streams = [_Stream() for _ in range(self.num_streams)]
 
-    def _new_stream(self) -> _Stream:
-        s = _Stream()
-        if self.decoder_name == "rnnt_greedy":
-            s.decoder = self.rnnt.init_state(1, self.backend.prediction, self.backend.device)
-        else:
-            s.decoder = {"tokens": [], "timestamps": [], "score": 0.0, "last": self.backend.blank}
-        return s
+    def reset_stream(self, i: int) -> None:
+        """Stream ``i`` starts afresh (a new utterance); the others go on."""
+        self.state = st.scatter(self.state, torch.tensor([i], device=self.backend.device), self.backend.init_state(1))
+        self.dec_state = self.dec_state.scatter([i], self.decoder.init_state(1))
+        self.streams[i] = _Stream()
 
     # ------------------------------------------------------------------ input
     def accept_waveform(self, samples, stream: int = 0) -> str:
         """Add samples to one stream; returns its partial text."""
         pieces: list = [None] * self.num_streams
         pieces[stream] = samples
-        return self.accept_waveforms(pieces)[stream]
+        self.accept_waveforms(pieces, texts=False)
+        return self.partial(stream).text
 
-    def accept_waveforms(self, pieces: list) -> list[str]:
-        """Add ``pieces[i]`` (array or None) to stream i; run every whole chunk that is ready."""
+    def accept_waveforms(self, pieces: Sequence, texts: bool = True) -> list[str] | None:
+        """Add ``pieces[i]`` (array or None) to stream i; run every whole chunk that is ready.
+        Returns every stream's partial text (``texts=False``: nothing, which is cheaper)."""
+        c = self.constants
         for i, piece in enumerate(pieces):
             if piece is None:
                 continue
             s = self.streams[i]
             if s.finished:
-                raise RuntimeError(f"stream {i} was finalized; call reset() to start a new one")
+                raise RuntimeError(f"stream {i} was finalized; call reset() or reset_stream({i}) to start a new one")
             s.pending = np.concatenate([s.pending, np.asarray(piece, dtype=np.float32).reshape(-1)])
-            if not s.primed and len(s.pending) >= self.backend.context:
-                self.state = self.backend.prime(self.state, i, s.pending[: self.backend.context])
-                s.pending, s.primed = s.pending[self.backend.context:], True
-        n = self.backend.chunk_samples
+            if not s.primed and len(s.pending) >= c.context:
+                self.state = self.backend.prime(self.state, i, s.pending[: c.context])
+                s.pending, s.primed = s.pending[c.context:], True
+        n = c.chunk_samples
         while True:
             ready = [i for i, s in enumerate(self.streams) if s.primed and len(s.pending) >= n]
             if not ready:
@@ -136,13 +218,14 @@ class StreamingRecognizer:
             for i in ready:
                 self.streams[i].pending = self.streams[i].pending[n:]
             self._run(ready, samples)
-        return [self.partial(i).text for i in range(self.num_streams)]
+        return [self.partial(i).text for i in range(self.num_streams)] if texts else None
 
     def finalize(self, stream: int = 0) -> DecodingResult:
         """Flush the last partial chunk of ``stream`` and return its final result."""
         s = self.streams[stream]
         if not s.finished:
-            whole = (len(s.pending) // self.backend.hop) * self.backend.hop if s.primed else 0
+            hop = self.constants.hop
+            whole = (len(s.pending) // hop) * hop if s.primed else 0
             if whole > 0:
                 self._run([stream], s.pending[None, :whole])
             s.pending, s.finished = s.pending[whole:], True
@@ -151,41 +234,77 @@ class StreamingRecognizer:
     def finalize_all(self) -> list[DecodingResult]:
         return [self.finalize(i) for i in range(self.num_streams)]
 
+    # ------------------------------------------------------------------ whole waveforms
+    def stream(self, wave: np.ndarray, piece_samples: int = 1600, stream: int = 0) -> Iterator[DecodingResult]:
+        """Feed ``wave`` to ``stream`` ``piece_samples`` at a time (<= 0: all at once), yielding
+        the partial result after every piece and, last, the final one (after the flush)."""
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        step = max(len(wave), 1) if piece_samples <= 0 else piece_samples
+        for start in range(0, len(wave), step):
+            pieces: list = [None] * self.num_streams
+            pieces[stream] = wave[start : start + step]
+            self.accept_waveforms(pieces, texts=False)
+            yield self.partial(stream)
+        yield self.finalize(stream)
+
+    def recognize(self, wave: np.ndarray, piece_samples: int = 1600, stream: int = 0) -> DecodingResult:
+        """The final result of ``wave`` streamed in pieces (``stream`` is left finalized)."""
+        result = None
+        for result in self.stream(wave, piece_samples, stream):
+            pass
+        return result
+
+    def recognize_many(self, waves: Sequence[np.ndarray], piece_samples: int = 1600) -> list[DecodingResult]:
+        """Final results of ``waves``, run ``num_streams`` at a time: every round gives each busy
+        stream its next piece and steps the ready ones together; a stream whose utterance has
+        ended is finalized and takes the next utterance. Results are in the order of ``waves``."""
+        self.reset()
+        results: list[DecodingResult | None] = [None] * len(waves)
+        todo = iter(range(len(waves)))
+        slots: list[list[int] | None] = [None] * self.num_streams  # [utterance, next sample] per stream
+
+        def assign(i: int) -> None:
+            u = next(todo, None)
+            slots[i] = None if u is None else [u, 0]
+            if u is not None:
+                self.reset_stream(i)
+
+        for i in range(self.num_streams):
+            assign(i)
+        step = piece_samples if piece_samples > 0 else max((len(w) for w in waves), default=1)
+        while any(s is not None for s in slots):
+            pieces: list = [None] * self.num_streams
+            for i, slot in enumerate(slots):
+                if slot is not None:
+                    u, pos = slot
+                    pieces[i] = np.asarray(waves[u], dtype=np.float32).reshape(-1)[pos : pos + step]
+                    slot[1] = pos + step
+            self.accept_waveforms(pieces, texts=False)
+            for i, slot in enumerate(slots):
+                if slot is not None and slot[1] >= len(waves[slot[0]]):
+                    results[slot[0]] = self.finalize(i)
+                    assign(i)
+        return results  # type: ignore[return-value]
+
     # ------------------------------------------------------------------ one step
     def _run(self, streams: list[int], samples: np.ndarray) -> None:
-        enc, self.state = self.backend.step(self.state, streams, samples)  # (k, T', D)
-        ctc = self.backend.ctc_log_probs(enc) if self.decoder_name == "ctc_greedy" else None
+        enc, ctc, self.state = self.backend.step(self.state, streams, samples)  # (k, T', D), (k, T', V + 1)
+        everyone = streams == list(range(self.num_streams))
+        sub = self.dec_state if everyone else self.dec_state.select(streams)
+        sub = self.decoder.decode_chunk(enc, ctc, sub, [self.streams[i].frames for i in streams])
+        self.dec_state = sub if everyone else self.dec_state.scatter(streams, sub)
         for row, i in enumerate(streams):
             s = self.streams[i]
-            e = enc[row : row + 1]  # (1, T', D)
             if self.keep_encoder_output:
-                s.enc.append(torch.as_tensor(e[0]).detach().cpu())
-            if self.decoder_name == "rnnt_greedy":
-                s.decoder = self.rnnt.decode_chunk(self.backend.prediction, self.backend.joint, e, s.decoder, s.frames)
-            else:
-                self._ctc_chunk(s, ctc[row], s.frames)
-            s.frames += e.shape[1]
-
-    def _ctc_chunk(self, s: _Stream, log_probs: Tensor, offset: int) -> None:
-        """Greedy CTC continued across chunks: the last frame's symbol carries over."""
-        d, blank = s.decoder, self.backend.blank
-        best_lp, best = torch.as_tensor(log_probs).max(dim=-1)  # (T',), (T',)
-        for t, (tok, lp) in enumerate(zip(best.tolist(), best_lp.tolist())):
-            d["score"] += lp
-            if tok != blank and tok != d["last"]:
-                d["tokens"].append(tok)
-                d["timestamps"].append(offset + t)
-            d["last"] = tok
+                s.enc.append(torch.as_tensor(enc[row]).detach().cpu())
+            s.frames += enc.shape[1]
 
     # ------------------------------------------------------------------ output
     def partial(self, stream: int = 0) -> DecodingResult:
-        d = self.streams[stream].decoder
-        if self.decoder_name == "rnnt_greedy":
-            tokens, stamps, score = d.tokens[0], d.timestamps[0], d.scores[0]
-        else:
-            tokens, stamps, score = d["tokens"], d["timestamps"], d["score"]
+        d = self.dec_state
+        tokens = list(d.tokens[stream])
         text = self.tokenizer.decode(tokens) if self.tokenizer is not None else ""
-        return DecodingResult(list(tokens), list(stamps), float(score), text)
+        return DecodingResult(tokens, list(d.timestamps[stream]), float(d.scores[stream]), text)
 
     def encoder_output(self, stream: int = 0) -> Tensor:
         """All encoder frames of a stream so far (needs ``keep_encoder_output=True``): (T', D)."""

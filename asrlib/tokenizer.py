@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = train_tokenizer(args.manifest, args.vocab_size, args.model_type, args.out, args.force)
     except (TokenizerError, ManifestError) as e:
-        print(f"asrlib tokenizer: {e}", file=sys.stderr)
-        return 1
+        print(f"asrlib tokenizer: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(f"wrote {model} ({Tokenizer(model).vocab_size} pieces)")
     return 0
 

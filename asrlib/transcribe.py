@@ -27,17 +27,18 @@ from asrlib.audio import load_audio
 
 
 def stream_file(rec, wave: np.ndarray, sample_rate: int, piece_samples: int, out=sys.stdout) -> dict:
-    """Feed ``wave`` in pieces, printing each new partial text; return timing figures."""
-    latencies, last = [], ""
-    t_start = time.perf_counter()
-    for i in range(0, len(wave), piece_samples):
-        t0 = time.perf_counter()
-        text = rec.accept_waveform(wave[i : i + piece_samples])
+    """Stream ``wave`` through ``rec`` (reset first) in pieces, printing each new partial text;
+    return the text and timing figures (the final flush counts as one more piece)."""
+    rec.reset()
+    latencies, last, fed, result = [], "", 0, None
+    t_start = t0 = time.perf_counter()
+    for result in rec.stream(wave, piece_samples):
         latencies.append(time.perf_counter() - t0)
-        if text != last:
-            print(f"  [{(i + piece_samples) / sample_rate:6.2f} s] {text}", file=out, flush=True)
-            last = text
-    result = rec.finalize()
+        fed = min(fed + piece_samples, len(wave))
+        if result.text != last:
+            print(f"  [{fed / sample_rate:6.2f} s] {result.text}", file=out, flush=True)
+            last = result.text
+        t0 = time.perf_counter()
     total = time.perf_counter() - t_start
     lat = np.array(latencies) * 1000
     return {"text": result.text, "rtf": total / max(len(wave) / sample_rate, 1e-9),
@@ -75,7 +76,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.onnx:
         from asrlib.onnx_runtime import load_onnx_recognizer
 
-        make_rec = lambda: load_onnx_recognizer(args.onnx, decoder=args.decoder)  # noqa: E731
+        rec = load_onnx_recognizer(args.onnx, decoder=args.decoder)  # one set of sessions for every file
         import json
         from pathlib import Path
 
@@ -83,22 +84,24 @@ def _main(argv: list[str] | None = None) -> int:
         args.stream = True
     else:
         from asrlib.checkpoint import load_model_and_tokenizer
-        from asrlib.evaluate import decode_offline, decode_streaming
+        from asrlib.evaluate import decode_offline
         from asrlib.streaming import StreamingRecognizer
 
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
         sr = model.cfg.frontend.sample_rate
-        make_rec = lambda: StreamingRecognizer(model, tokenizer, decoder=args.decoder, device=args.device)  # noqa: E731
+        if args.stream or args.decoder in ("rnnt_greedy", "ctc_greedy"):
+            rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder)
 
     for path in args.files:
         wave = load_audio(path, sr)
         if args.stream:
             print(f"{path}:", flush=True)
-            r = stream_file(make_rec(), wave, sr, max(1, int(args.piece_ms * sr / 1000)))
+            r = stream_file(rec, wave, sr, max(1, int(args.piece_ms * sr / 1000)))
             print(f"{path}\t{r['text']}\t(RTF {r['rtf']:.3f}, per-piece latency median "
                   f"{r['latency_ms_median']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms)")
         elif len(wave) > args.max_offline_seconds * sr and args.decoder in ("rnnt_greedy", "ctc_greedy"):
-            res = decode_streaming(model, wave, args.decoder, 30 * sr, tokenizer, args.device)
+            rec.reset()
+            res = rec.recognize(wave, 30 * sr)
             print(f"{path}\t{res.text}")
         else:
             (res,) = decode_offline(model, [wave], args.decoder, detokenize=tokenizer.decode, device=args.device)

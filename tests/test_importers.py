@@ -56,7 +56,7 @@ def test_librispeech(tmp_path, capsys):
     for utt, (text, seconds, path) in expected.items():
         assert got[utt][0] == text and got[utt][1] == pytest.approx(seconds, abs=1e-4) and got[utt][2] == path
     # never overwrite
-    assert cli.main(["prepare", "librispeech", str(split), "--out", str(out)]) == 1
+    assert cli.main(["prepare", "librispeech", str(split), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["prepare", "librispeech", str(split), "--out", str(out), "--force", "--name", "dev"]) == 0
     assert (out / "dev.jsonl").is_file()
@@ -94,8 +94,8 @@ def test_commonvoice(tmp_path, capsys):
         assert Path(e.audio_filepath) == (cv / "clips" / Path(e.audio_filepath).name).resolve()
         assert abs(e.duration - seconds) < 0.08  # mp3 encoders pad a few ms
     assert all(not Path(r["audio_filepath"]).is_absolute() for r in lines(out / "validated.jsonl"))
-    assert cli.main(["prepare", "commonvoice", str(cv), "--split", "validated", "--out", str(out)]) == 1
-    assert cli.main(["prepare", "commonvoice", str(cv), "--split", "dev", "--out", str(out)]) == 1
+    assert cli.main(["prepare", "commonvoice", str(cv), "--split", "validated", "--out", str(out)]) == 2
+    assert cli.main(["prepare", "commonvoice", str(cv), "--split", "dev", "--out", str(out)]) == 2
     assert "dev.tsv not found" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_fsdd_importer_on_a_miniature(tmp_path, capsys):
     for split in SPLIT_RULES:
         assert (out / f"{split}.jsonl").read_text() == (tmp_path / "again" / f"{split}.jsonl").read_text()
     assert cli.main(args) == 1 and "refusing to overwrite" in capsys.readouterr().err
-    assert cli.main(args[:3] + ["--out", str(tmp_path / "x")]) == 1  # default speakers: jackson is absent
+    assert cli.main(args[:3] + ["--out", str(tmp_path / "x")]) == 2  # default speakers: jackson is absent
     assert "no recordings of speaker 'jackson'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
@@ -275,7 +275,7 @@ def test_an4_without_test_set_and_opus(tmp_path, capsys):
     y, _ = sf.read(tmp_path / "opus64" / "audio" / "train" / "mghi" / "cen3-mghi-b.opus", dtype="float64")
     corr = np.correlate(y, x[1000:-1000], mode="valid")  # lag k -> index 1000 + k
     assert int(np.argmax(corr)) == 1000
-    assert cli.main(["prepare", "an4", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["prepare", "an4", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "an4_train.transcription not found" in capsys.readouterr().err
 
 

@@ -192,7 +192,8 @@ def test_shipped_weights_stream_equals_full(piece):
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="models/digits_demo not built yet")
-def test_shipped_weights_streaming_wer_equals_offline(tmp_path):
+@pytest.mark.parametrize("streams", [1, 16])
+def test_shipped_weights_streaming_wer_equals_offline(tmp_path, streams):
     from asrlib.checkpoint import load_model
     from asrlib.evaluate import evaluate_manifest
     from asrlib.tokenizer import Tokenizer
@@ -203,7 +204,8 @@ def test_shipped_weights_streaming_wer_equals_offline(tmp_path):
     manifest = tmp_path / "subset.jsonl"
     manifest.write_text("\n".join(l.replace('"audio/', f'"{DIGITS}/audio/') for l in lines) + "\n")
     off = evaluate_manifest(model, Tokenizer(tok), manifest, "rnnt_greedy")
-    on = evaluate_manifest(model, Tokenizer(tok), manifest, "rnnt_greedy", stream=True, piece_samples=800)
+    on = evaluate_manifest(model, Tokenizer(tok), manifest, "rnnt_greedy", stream=True, piece_samples=800,
+                           streams=streams)
     assert [u["hyp"] for u in off["utterances"]] == [u["hyp"] for u in on["utterances"]]
     assert off["wer"] == on["wer"]
 
@@ -225,3 +227,47 @@ def test_transcribe_long_file_through_the_stream_gives_the_offline_text(tmp_path
     assert main(["--checkpoint", str(SHIPPED), "--max-offline-seconds", "10", str(path)]) == 0
     streamed = capsys.readouterr().out.strip().split("\t")[1]
     assert len(offline.split()) > 20 and streamed == offline
+
+
+@pytest.mark.parametrize("decoder", ["rnnt_greedy", "ctc_greedy"])
+@pytest.mark.parametrize("streams", [1, 3, 8])
+def test_many_streams_at_once_equal_offline_decoding(decoder, streams):
+    """recognize_many (streams stepped and decoded as one batch, a stream taking the next
+    utterance when one ends) gives each utterance its offline result: tokens and frames."""
+    from asrlib.evaluate import decode_offline
+
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=1)
+    waves = [_utterance(i) for i in range(7)]
+    waves[2] = waves[2][:900]  # one shorter than a chunk: only the flush
+    offline = [decode_offline(model, [w], decoder)[0] for w in waves]
+    rec = StreamingRecognizer(model, decoder=decoder, num_streams=streams)
+    many = rec.recognize_many(waves, piece_samples=700)
+    assert [r.tokens for r in many] == [r.tokens for r in offline]
+    assert [r.timestamps for r in many] == [r.timestamps for r in offline]
+    assert sum(len(r.tokens) for r in many) > 5  # the scaled heads emit: a wrong frame would show
+    np.testing.assert_allclose([r.score for r in many], [r.score for r in offline], rtol=1e-4, atol=1e-3)
+
+
+def test_stream_yields_every_partial_then_the_final_result():
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=1)
+    wave = _utterance(4)
+    rec = StreamingRecognizer(model)
+    results = list(rec.stream(wave, 1600))
+    assert len(results) == -(-len(wave) // 1600) + 1  # one per piece, then the flush
+    assert all(a.tokens == b.tokens[: len(a.tokens)] for a, b in zip(results, results[1:]))  # text only grows
+    rec.reset()
+    assert results[-1].tokens == rec.recognize(wave, 333).tokens
+
+
+def test_a_model_in_training_mode_is_streamed_in_eval_and_handed_back():
+    torch.set_num_threads(1)
+    model = _model("demo", seed=2, dropout=0.3)  # dropout would change the frames in training mode
+    wave = _utterance(1)
+    expected = StreamingRecognizer(model).recognize(wave).tokens
+    model.train()
+    assert StreamingRecognizer(model).recognize(wave).tokens == expected  # no dropout while streaming
+    assert model.training and all(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="the model is on cpu"):
+        StreamingRecognizer(model, device="meta")

@@ -68,8 +68,7 @@ class AudioDataset(torch.utils.data.Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         entry = self.entries[i]
         try:
-            segment = entry.duration if entry.segment else None  # NeMo: with an offset, read `duration` s
-            wave = load_audio(entry.audio_filepath, self.sample_rate, entry.offset, segment)
+            wave = load_audio(entry.audio_filepath, self.sample_rate, *entry.span)
         except AudioError as e:
             return self._reject(entry, "unreadable audio", str(e))
         if self.max_samples and len(wave) > self.max_samples:

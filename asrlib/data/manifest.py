@@ -50,6 +50,13 @@ class ManifestEntry:
     def where(self) -> str:
         return f"{self.manifest}:{self.line}"
 
+    @property
+    def span(self) -> tuple[float, float | None]:
+        """(offset, seconds to read) for ``load_audio``: a line with an ``offset`` key is the
+        segment [offset, offset + duration); any other line is the whole file (its stated
+        duration may be wrong, and the audio decides). The one rule every reader uses."""
+        return self.offset, (self.duration if self.segment else None)
+
 
 @dataclass
 class ManifestReport:

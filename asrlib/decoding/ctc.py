@@ -53,31 +53,78 @@ class CTCGreedyOptions:
     blank: int  # id of the blank unit (asrlib: V, the last column)
 
 
+@dataclass
+class CTCGreedyState:
+    """What greedy CTC carries from one chunk of frames to the next, for B utterances."""
+
+    tokens: list[list[int]]  # tokens so far, per utterance
+    timestamps: list[list[int]]  # absolute frame of each token, per utterance
+    scores: list[float]  # log-prob of the best path so far, per utterance
+    last: Tensor  # (B,) label of the last frame seen (-1 before the first frame)
+
+    def select(self, rows: list[int]) -> "CTCGreedyState":
+        """The state of utterances ``rows`` (a batch of len(rows))."""
+        return CTCGreedyState([list(self.tokens[r]) for r in rows], [list(self.timestamps[r]) for r in rows],
+                              [self.scores[r] for r in rows], self.last[rows].clone())
+
+    def scatter(self, rows: list[int], sub: "CTCGreedyState") -> "CTCGreedyState":
+        """A copy with utterances ``rows`` replaced by ``sub`` (a ``select`` result, advanced)."""
+        out = self.select(list(range(len(self.tokens))))
+        for k, r in enumerate(rows):
+            out.tokens[r], out.timestamps[r], out.scores[r] = sub.tokens[k], sub.timestamps[k], sub.scores[k]
+            out.last[r] = sub.last[k]
+        return out
+
+
 class CTCGreedyDecoder:
     """Best path: argmax per frame, collapse repeats, drop blanks.
 
     ``timestamps`` holds the first frame of each emitted token; ``score`` is the log-prob of
     the best path (sum over valid frames of the max log-prob), not of the labelling.
+    ``decode`` is ``init_state`` plus one ``decode_chunk``; feeding the log-probs in chunks
+    gives the same result, because the last frame's label carries over to the next chunk.
     """
 
     def __init__(self, options: CTCGreedyOptions):
         self.options = options
 
+    def init_state(self, batch: int) -> CTCGreedyState:
+        return CTCGreedyState([[] for _ in range(batch)], [[] for _ in range(batch)], [0.0] * batch,
+                              torch.full((batch,), -1, dtype=torch.long))
+
     @torch.no_grad()
-    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        blank = self.options.blank
+    def decode_chunk(self, log_probs: Tensor, state: CTCGreedyState, frame_offset: int | list[int] = 0,
+                     lengths: Tensor | None = None) -> CTCGreedyState:
+        """Continue over ``log_probs`` (B, Tc, V + 1), whose first frame is ``frame_offset``
+        (one int, or one per utterance); ``lengths`` (B,) valid frames (default all Tc)."""
+        blank, (B, Tc) = self.options.blank, log_probs.shape[:2]
+        lengths = torch.full((B,), Tc) if lengths is None else lengths.cpu()
         _check_inputs(log_probs, lengths, blank)
-        best_lp, ids = log_probs.float().max(dim=-1)  # (B, T), (B, T)
-        prev = torch.cat([torch.full_like(ids[:, :1], -1), ids[:, :-1]], dim=1)  # (B, T) label of frame t-1
-        first = (ids != blank) & (ids != prev)  # (B, T) a token starts here
-        results = []
+        offsets = [frame_offset] * B if isinstance(frame_offset, int) else list(frame_offset)
+        best_lp, ids = (x.cpu() for x in log_probs.float().max(dim=-1))  # (B, Tc), (B, Tc)
+        prev = torch.cat([state.last[:, None], ids[:, :-1]], dim=1)  # (B, Tc) label of frame t-1
+        first = (ids != blank) & (ids != prev)  # (B, Tc) a token starts here
+        out = state.select(list(range(B)))
         for b, n in enumerate(lengths.tolist()):
             frames = first[b, :n].nonzero().flatten().tolist()
-            tokens = ids[b, frames].tolist()
-            score = float(best_lp[b, :n].sum())
-            text = detokenize(tokens) if detokenize else ""
-            results.append(DecodingResult(tokens=tokens, timestamps=frames, score=score, text=text))
-        return results
+            out.tokens[b] += ids[b, frames].tolist()
+            out.timestamps[b] += [offsets[b] + f for f in frames]
+            out.scores[b] += float(best_lp[b, :n].sum())
+            if n > 0:
+                out.last[b] = ids[b, n - 1]
+        return out
+
+    @torch.no_grad()
+    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        _check_inputs(log_probs, lengths, self.options.blank)
+        state = self.decode_chunk(log_probs, self.init_state(log_probs.shape[0]), 0, lengths)
+        return self.results(state, detokenize)
+
+    @staticmethod
+    def results(state: CTCGreedyState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """The hypotheses held by a state (partial results while streaming)."""
+        return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
+                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
 
 
 @dataclass(frozen=True)

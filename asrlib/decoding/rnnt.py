@@ -60,6 +60,23 @@ class RNNTGreedyState:
     timestamps: list[list[int]]  # absolute encoder frame of each token, per utterance
     scores: list[float]  # log-prob of the path so far, per utterance
 
+    def select(self, rows: list[int]) -> "RNNTGreedyState":
+        """The state of utterances ``rows`` (a batch of len(rows))."""
+        idx = torch.tensor(rows, device=self.pred_out.device)
+        return RNNTGreedyState(st.select(self.pred_state, idx), self.pred_out.index_select(0, idx),
+                               [list(self.tokens[r]) for r in rows], [list(self.timestamps[r]) for r in rows],
+                               [self.scores[r] for r in rows])
+
+    def scatter(self, rows: list[int], sub: "RNNTGreedyState") -> "RNNTGreedyState":
+        """A copy with utterances ``rows`` replaced by ``sub`` (a ``select`` result, advanced)."""
+        idx = torch.tensor(rows, device=self.pred_out.device)
+        pred_out = self.pred_out.clone()
+        pred_out[idx] = sub.pred_out.to(pred_out.dtype)
+        tokens, stamps, scores = [list(x) for x in self.tokens], [list(x) for x in self.timestamps], list(self.scores)
+        for k, r in enumerate(rows):
+            tokens[r], stamps[r], scores[r] = sub.tokens[k], sub.timestamps[k], sub.scores[k]
+        return RNNTGreedyState(st.scatter(self.pred_state, idx, sub.pred_state), pred_out, tokens, stamps, scores)
+
 
 class RNNTGreedyDecoder:
     """Greedy RNN-T search, batched: all utterances advance one frame at a time together.
@@ -89,10 +106,11 @@ class RNNTGreedyDecoder:
         joint: Any,
         enc_chunk: Tensor,
         state: RNNTGreedyState,
-        frame_offset: int = 0,
+        frame_offset: int | list[int] = 0,
         lengths: Tensor | None = None,
     ) -> RNNTGreedyState:
-        """Continue over ``enc_chunk`` (B, Tc, De), whose first frame is ``frame_offset``.
+        """Continue over ``enc_chunk`` (B, Tc, De), whose first frame is ``frame_offset`` (one
+        int, or one per utterance: streams at different points step together).
 
         ``lengths`` (B,) counts the valid frames of this chunk (default: all Tc). The state
         passed in is not modified; a new one is returned.
@@ -100,6 +118,7 @@ class RNNTGreedyDecoder:
         _check_enc(enc_chunk, lengths)
         blank, batch, n_frames = self.options.blank, enc_chunk.shape[0], enc_chunk.shape[1]
         valid = torch.full((batch,), n_frames) if lengths is None else lengths.cpu()
+        offsets = [frame_offset] * batch if isinstance(frame_offset, int) else list(frame_offset)
         tokens = [list(x) for x in state.tokens]
         stamps = [list(x) for x in state.timestamps]
         scores = list(state.scores)
@@ -121,7 +140,7 @@ class RNNTGreedyDecoder:
                 idx = emit.nonzero().flatten()  # (E,) utterances that emitted
                 for b in idx.tolist():
                     tokens[b].append(int(best[b]))
-                    stamps[b].append(frame_offset + t)
+                    stamps[b].append(offsets[b] + t)
                 idx_dev = idx.to(pred_proj.device)
                 out, sub = pred_net.step(best[idx].to(pred_proj.device), st.select(pred_state, idx_dev))  # (E, Dp)
                 pred_state = st.scatter(pred_state, idx_dev, sub)

@@ -5,18 +5,50 @@
     enc, PredictionNet(targets) --Joint--> RNN-T logits (evaluated slice by slice by the loss)
     enc, PredictionNet(targets) --SimpleProjections--> am, lm (pruned RNN-T loss only; training)
 
+Streaming is one step, defined here and nowhere else: ``init_stream`` gives a typed
+``StreamState`` (frontend cache + encoder state, batch first), and ``stream_step`` turns
+``samples`` new samples into encoder frames and CTC log-probs. The PyTorch streaming backend
+calls it, the ONNX graph ``encoder_step.onnx`` is an export of it, and the tests use it.
+``StreamingConstants`` (``model.streaming``) holds the numbers a caller buffers by.
+
 ``build_model(cfg)`` is the one place where config numbers meet modules. The model keeps its
 ``ModelConfig`` so that a checkpoint (or ONNX metadata) alone can rebuild it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor, nn
 
 from asrlib.config import ModelConfig
-from asrlib.model.encoder import Encoder
-from asrlib.model.frontend import Frontend
+from asrlib.model.encoder import Encoder, EncoderState
+from asrlib.model.frontend import Frontend, FrontendCache
 from asrlib.model.heads import CTCHead, Joint, PredictionNet, SimpleProjections
+
+
+@dataclass
+class StreamState:
+    """Everything a stream carries between steps; every tensor is (B, …), fixed in size.
+
+    ``asrlib.model.state.flatten(state, "state")`` names its tensors
+    (``state.frontend.samples``, ``state.encoder.blocks.0.mixer.k`` …): the ONNX input names.
+    """
+
+    frontend: FrontendCache
+    encoder: EncoderState
+
+
+@dataclass(frozen=True)
+class StreamingConstants:
+    """The numbers a streaming caller buffers audio by (all in samples, except ``blank``)."""
+
+    hop: int  # samples per frontend frame; a step takes a multiple of it
+    context: int  # win - hop: the first samples of a stream prime the frontend (no frame yet)
+    chunk_samples: int  # samples per full step: chunk_frames * hop
+    blank: int  # id of the blank unit (= vocabulary size)
+    sample_rate: int
 
 
 class HybridASR(nn.Module):
@@ -50,10 +82,33 @@ class HybridASR(nn.Module):
     def output_lengths(self, audio_lengths: Tensor) -> Tensor:
         return self.encoder.output_lengths(self.frontend.output_lengths(audio_lengths))
 
+    # ------------------------------------------------------------------ streaming
+    @property
+    def streaming(self) -> StreamingConstants:
+        fe = self.frontend
+        return StreamingConstants(hop=fe.hop_length, context=fe.win_length - fe.hop_length,
+                                  chunk_samples=self.encoder.chunk_frames * fe.hop_length, blank=self.blank,
+                                  sample_rate=fe.cfg.sample_rate)
+
     @property
     def chunk_samples(self) -> int:
         """Audio samples per streaming step (after the first win - hop priming samples)."""
-        return self.encoder.chunk_frames * self.frontend.hop_length
+        return self.streaming.chunk_samples
+
+    def init_stream(self, batch: int | Tensor = 1, device: torch.device | str | None = None) -> StreamState:
+        """The state of ``batch`` new streams. Pass a (B, context) tensor of each stream's first
+        samples to prime the frontend with them: the frames then equal ``forward``'s exactly."""
+        dev = device if device is not None else self.frontend.dft_kernel.device
+        n = batch.shape[0] if isinstance(batch, Tensor) else batch
+        return StreamState(self.frontend.init_state(batch, dev), self.encoder.init_state(n, dev))
+
+    def stream_step(self, samples: Tensor, state: StreamState) -> tuple[Tensor, Tensor, StreamState]:
+        """samples (B, n * hop) -> encoder frames (B, ceil(n / subsampling), D), CTC log-probs
+        (B, same, V + 1), new state. A full step is ``chunk_samples``; a final flush may be any
+        whole number of hops."""
+        feats, fe_state = self.frontend.step(samples, state.frontend)  # (B, n, M)
+        enc, enc_state = self.encoder.step(feats, state.encoder)  # (B, T', D)
+        return enc, self.ctc_head(enc), StreamState(fe_state, enc_state)
 
 
 def build_model(cfg: ModelConfig) -> HybridASR:

@@ -77,6 +77,11 @@ def scatter(state: Any, index: Tensor, sub: Any) -> Any:
     return unflatten(state, out)
 
 
+def batch_size(state: Any) -> int:
+    """The number of streams in a state (dim 0 of its tensors)."""
+    return next(iter(flatten(state).values())).shape[0]
+
+
 def num_elements(state: Any) -> int:
     """Total number of tensor elements: constant over time for a bounded streaming state."""
     return sum(t.numel() for t in flatten(state).values())

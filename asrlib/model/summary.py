@@ -54,6 +54,13 @@ def model_from_config(cfg: ModelConfig, vocab_size: int = 0) -> HybridASR:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from asrlib.config import ConfigError
+    from asrlib.errors import report_usage_errors
+
+    return report_usage_errors("summary", ConfigError)(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib summary", description="Print a model's layers and parameter counts.")
     p.add_argument("--config", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[])

@@ -122,3 +122,26 @@ def test_bad_inputs_are_explained():
         greedy(torch.zeros(1, 4, V + 1), torch.tensor([5]))
     with pytest.raises(ValueError, match="blank"):
         CTCGreedyDecoder(CTCGreedyOptions(blank=9)).decode(torch.zeros(1, 4, V + 1), torch.tensor([4]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_in_chunks_equals_the_collapsed_best_path(seed):
+    """Random paths with long runs, cut into random chunks (a run may straddle a cut), rows at
+    different frame offsets: tokens, first frames and scores equal the reference collapse."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 3, 23
+    paths = [torch.randint(0, V + 1, (T // 2,), generator=g).repeat_interleave(2).tolist()[:T] for _ in range(B)]
+    paths = [p + [BLANK] * (T - len(p)) for p in paths]
+    lp = torch.stack([table_from_path(p) for p in paths])  # (B, T, V + 1)
+    dec = CTCGreedyDecoder(CTCGreedyOptions(blank=BLANK))
+    cuts = sorted(set(torch.randint(1, T, (4,), generator=g).tolist())) + [T]
+    offsets = [0, 100, 7]  # each row's frame count before this call
+    state, start = dec.init_state(B), 0
+    for end in cuts:
+        state = dec.decode_chunk(lp[:, start:end], state, [o + start for o in offsets])
+        start = end
+    for b, path in enumerate(paths):
+        stamps = [t for t in range(T) if path[t] != BLANK and (t == 0 or path[t] != path[t - 1])]
+        assert tuple(state.tokens[b]) == collapse(path)
+        assert state.timestamps[b] == [offsets[b] + t for t in stamps]
+        assert state.scores[b] == pytest.approx(T * math.log(0.7), rel=1e-5)

@@ -48,8 +48,8 @@ def run_importer(name: str, prepare, *args) -> int:
     try:
         manifest, counts = prepare(*args)
     except ManifestError as e:
-        print(f"asrlib prepare {name}: {e}", file=sys.stderr)
-        return 1
+        print(f"asrlib prepare {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     skipped = {k: v for k, v in counts.items() if k != "written"}
     print(f"wrote {manifest}: {counts['written']} utterances" + (f"; skipped {skipped}" if skipped else ""))
     return 0
