@@ -14,7 +14,12 @@ with one intra-op thread: the cost of one stream on one core.
    :class:`StreamingRecognizer` (RNN-T greedy) on the PyTorch model (eager) and on the ONNX
    export (onnxruntime). Per-chunk compute latency (median, p95; calls that ran one chunk) and the
    real-time factor (compute seconds / audio seconds) for each; and the PyTorch
-   ``TorchStreamingBackend.step`` alone (frontend + encoder, no decoder).
+   ``TorchStreamingBackend.step`` alone (frontend + encoder + CTC head, no decoder).
+1b. ``concurrency``: ``--streams`` (1, 8, 32) streams at once, 320 ms chunks, each stream a
+   different stretch of the speech, fed one chunk per stream per ``accept_waveforms`` call (the
+   ready streams are stepped and RNN-T-decoded as one batch). Aggregate audio-seconds per
+   second (all streams' audio / compute seconds) and per-chunk latency (median, p95 of the
+   call that runs every stream's chunk: what each stream waits), PyTorch and onnxruntime.
 2. ``flops``: FLOPs of one full-chunk streaming step (frontend + encoder, with a full attention
    cache), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
    attention; element-wise operations are not counted), scaled to one second of audio; and the
@@ -85,18 +90,17 @@ def speech(sample_rate: int, seconds: float) -> np.ndarray:
     return verification_audio(sample_rate, int(seconds * sample_rate))[: int(seconds * sample_rate)]
 
 
-def feed_timed(rec: StreamingRecognizer, wave: np.ndarray, piece: int) -> tuple[list[float], float]:
-    """Feed ``piece`` samples per call; returns per-call seconds (first call excluded: it only
-    fills the frontend's left context and runs no chunk) and the total compute seconds."""
-    walls = []
-    for start in range(0, len(wave), piece):
-        t0 = time.perf_counter()
-        rec.accept_waveform(wave[start : start + piece])
-        walls.append(time.perf_counter() - t0)
+def feed_timed(rec: StreamingRecognizer, wave: np.ndarray, piece: int) -> tuple[list[float], float, str]:
+    """Stream ``wave`` ``piece`` samples per call; returns per-call seconds (the first call is
+    left out: it only fills the frontend's left context; so is the final flush), the total
+    compute seconds and the text."""
+    rec.reset()
+    walls, result = [], None
     t0 = time.perf_counter()
-    rec.finalize()
-    total = sum(walls) + time.perf_counter() - t0
-    return walls[1:], total
+    for result in rec.stream(wave, piece):
+        walls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+    return walls[1:-1], sum(walls), result.text
 
 
 def summary(walls: list[float], total: float, audio_seconds: float) -> dict:
@@ -111,24 +115,24 @@ def step_flops(model: HybridASR) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     rec = StreamingRecognizer(model, None, decoder="ctc_greedy")
-    b = rec.backend
+    b, c = rec.backend, model.streaming
     rng = np.random.default_rng(0)
-    warm = 0.05 * rng.standard_normal(b.context + (model.cfg.encoder.left_chunks + 2) * b.chunk_samples)
+    warm = 0.05 * rng.standard_normal(c.context + (model.cfg.encoder.left_chunks + 2) * c.chunk_samples)
     rec.accept_waveform(warm.astype(np.float32))  # fills the attention cache
-    samples = (0.05 * rng.standard_normal((1, b.chunk_samples))).astype(np.float32)  # (1, chunk_samples)
+    samples = (0.05 * rng.standard_normal((1, c.chunk_samples))).astype(np.float32)  # (1, chunk_samples)
     with FlopCounterMode(display=False) as counter:
         b.step(rec.state, [0], samples)
     return int(counter.get_total_flops())
 
 
 def encoder_step_ms(backend, wave: np.ndarray) -> list[float]:
-    """Milliseconds of each ``backend.step`` (frontend + encoder, no decoder) over ``wave``."""
-    n, c = backend.chunk_samples, backend.context
+    """Milliseconds of each ``backend.step`` (frontend + encoder + CTC head, no decoder)."""
+    n, c = backend.constants.chunk_samples, backend.constants.context
     state = backend.prime(backend.init_state(1), 0, wave[:c])
     times = []
     for start in range(c, len(wave) - n + 1, n):
         t0 = time.perf_counter()
-        _, state = backend.step(state, [0], wave[None, start : start + n])  # (1, chunk_samples) in
+        _, _, state = backend.step(state, [0], wave[None, start : start + n])  # (1, chunk_samples) in
         times.append(1000 * (time.perf_counter() - t0))
     return times
 
@@ -154,10 +158,9 @@ def bench_chunk(chunk_frames: int, weights: str, audio_seconds: float) -> dict:
     wave = speech(sr, audio_seconds)
     secs = len(wave) / sr
     rec = StreamingRecognizer(model, tokenizer)
-    piece = rec.backend.chunk_samples
-    feed_timed(StreamingRecognizer(model, tokenizer), wave[: 4 * piece], piece)  # warm-up
-    torch_walls, torch_total = feed_timed(rec, wave, piece)
-    torch_text = rec.finalize().text
+    piece = model.streaming.chunk_samples
+    feed_timed(rec, wave[: 4 * piece], piece)  # warm-up
+    torch_walls, torch_total, torch_text = feed_timed(rec, wave, piece)
 
     enc_ms = encoder_step_ms(rec.backend, wave)
     flops = step_flops(model)
@@ -172,10 +175,57 @@ def bench_chunk(chunk_frames: int, weights: str, audio_seconds: float) -> dict:
         export_onnx(model, d, tok_path)
         out["onnx_export_seconds"] = round(time.perf_counter() - t0, 2)
         onnx_rec = load_onnx_recognizer(d, threads=1)
-        feed_timed(load_onnx_recognizer(d, threads=1), wave[: 4 * piece], piece)  # warm-up
-        onnx_walls, onnx_total = feed_timed(onnx_rec, wave, piece)
+        feed_timed(onnx_rec, wave[: 4 * piece], piece)  # warm-up
+        onnx_walls, onnx_total, onnx_text = feed_timed(onnx_rec, wave, piece)
         out["onnxruntime"] = summary(onnx_walls, onnx_total, secs)
-        out["onnx_same_text"] = onnx_rec.finalize().text == torch_text
+        out["onnx_same_text"] = onnx_text == torch_text
+    return out
+
+
+def concurrent_timed(rec: StreamingRecognizer, waves: list[np.ndarray], piece: int) -> dict:
+    """Every stream gets ``piece`` samples per call; per-call seconds and aggregate rate."""
+    rec.reset()
+    n = min(len(w) for w in waves)
+    walls = []
+    for start in range(0, n, piece):
+        t0 = time.perf_counter()
+        rec.accept_waveforms([w[start : start + piece] for w in waves], texts=False)
+        walls.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    rec.finalize_all()
+    total = sum(walls) + time.perf_counter() - t0
+    ms = 1000 * np.asarray(walls[1:])  # the first call only primes the frontends
+    audio = len(waves) * n / rec.constants.sample_rate
+    return {"streams": len(waves), "audio_seconds_all_streams": round(audio, 2),
+            "audio_s_per_s": round(audio / total, 1), "chunk_ms_median": round(float(np.median(ms)), 3),
+            "chunk_ms_p95": round(float(np.percentile(ms, 95)), 3)}
+
+
+def bench_concurrency(weights: str, audio_seconds: float, counts: list[int]) -> dict:
+    from asrlib.export import export_onnx
+    from asrlib.onnx_runtime import load_onnx_recognizer
+
+    model, tok_path = make_model(32, weights)
+    tokenizer = Tokenizer(tok_path)
+    sr, piece = model.cfg.frontend.sample_rate, model.streaming.chunk_samples
+    n = int(audio_seconds * sr)
+    long = speech(sr, audio_seconds + max(counts) * 0.5)
+    waves = [long[int(0.5 * i * sr) : int(0.5 * i * sr) + n] for i in range(max(counts))]  # different stretches
+    out = {"chunk_ms": round(1000 * piece / sr), "audio_seconds_per_stream": audio_seconds, "torch_eager": [],
+           "onnxruntime": []}
+    with tempfile.TemporaryDirectory(prefix="asrlib_bench_streams_") as d:
+        export_onnx(model, d, tok_path)
+        for k in counts:
+            for name, rec in (("torch_eager", StreamingRecognizer(model, tokenizer, num_streams=k)),
+                              ("onnxruntime", load_onnx_recognizer(d, threads=1, num_streams=k))):
+                concurrent_timed(rec, [w[: 4 * piece] for w in waves[:k]], piece)  # warm-up
+                out[name].append(concurrent_timed(rec, waves[:k], piece))
+    for name in ("torch_eager", "onnxruntime"):
+        one = out[name][0]["audio_s_per_s"] if counts[0] == 1 else None
+        for row in out[name]:
+            if one:
+                row["speedup_over_one_stream"] = round(row["audio_s_per_s"] / one, 2)
+            row["p95_under_chunk"] = row["chunk_ms_p95"] < out["chunk_ms"]
     return out
 
 
@@ -243,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunks", type=int, nargs="*", default=[16, 32, 64, 100], help="chunk_frames values")
     p.add_argument("--minutes", type=float, nargs="*", default=[1, 10, 60], help="stream lengths for memory")
+    p.add_argument("--streams", type=int, nargs="*", default=[1, 8, 32], help="concurrent stream counts")
     p.add_argument("--audio-seconds", type=float, default=30.0, help="speech fed per chunk size")
     p.add_argument("--weights", default="auto",
                    help="'random', an exported model folder, or 'auto' (models/digits_demo if present, else random)")
@@ -256,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args.memory_child, weights)
         return 0
     if args.quick:
-        args.chunks, args.audio_seconds, args.minutes = [32], 8.0, [1]
+        args.chunks, args.audio_seconds, args.minutes, args.streams = [32], 8.0, [1], [1, 8]
     for c in args.chunks:
         if c % 4:
             p.error(f"chunk_frames {c} is not a multiple of the subsampling factor 4")
@@ -275,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         r["rtf_compute_floor"] = round(r["gflops_per_audio_second"] / result["matmul_gflops_per_second_1_thread"], 5)
         result["chunks"].append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
+    if args.streams:
+        result["concurrency"] = bench_concurrency(weights, min(args.audio_seconds, 10.0), args.streams)
+        print(json.dumps(result["concurrency"]), file=sys.stderr, flush=True)
     result["memory"] = []
     for m in args.minutes:
         r = bench_memory(m, weights, args.max_child_seconds)
