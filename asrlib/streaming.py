@@ -180,12 +180,14 @@ class StreamingRecognizer:
         self.state = self.backend.init_state(self.num_streams)
         self.dec_state = self.decoder.init_state(self.num_streams)
         self.streams = [_Stream() for _ in range(self.num_streams)]
+        self._texts: dict[int, tuple[int, str]] = {}  # stream -> (tokens detokenized, text)
 
     def reset_stream(self, i: int) -> None:
         """Stream ``i`` starts afresh (a new utterance); the others go on."""
         self.state = st.scatter(self.state, torch.tensor([i], device=self.backend.device), self.backend.init_state(1))
         self.dec_state = self.dec_state.scatter([i], self.decoder.init_state(1))
         self.streams[i] = _Stream()
+        self._texts.pop(i, None)
 
     # ------------------------------------------------------------------ input
     def accept_waveform(self, samples, stream: int = 0) -> str:
@@ -303,7 +305,12 @@ class StreamingRecognizer:
     def partial(self, stream: int = 0) -> DecodingResult:
         d = self.dec_state
         tokens = list(d.tokens[stream])
-        text = self.tokenizer.decode(tokens) if self.tokenizer is not None else ""
+        text = ""
+        if self.tokenizer is not None:  # greedy hypotheses only grow: detokenize when they did
+            done, text = self._texts.get(stream, (-1, ""))
+            if done != len(tokens):
+                text = self.tokenizer.decode(tokens)
+                self._texts[stream] = (len(tokens), text)
         return DecodingResult(tokens, list(d.timestamps[stream]), float(d.scores[stream]), text)
 
     def encoder_output(self, stream: int = 0) -> Tensor:

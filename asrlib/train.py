@@ -116,7 +116,7 @@ class Trainer:
         # speed and gain run in the DataLoader workers, drawn by (seed, epoch, utterance index)
         perturbation = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db), cfg.trainer.seed)
         self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict, max_seconds=td.max_duration,
-                                      perturbation=perturbation)
+                                      perturbation=perturbation, min_seconds=cfg.model.frontend.win_ms / 1000)
         self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
                                           sorted_epochs=td.sorted_epochs, with_epoch=True)
@@ -377,7 +377,8 @@ class Trainer:
         if step % tc.eval_every == 0 or step == tc.max_steps:
             metrics = self.evaluate() if self.val_sets else {}
             score = _primary_wer(metrics)
-            is_best = score < self.progress.best_wer
+            # without a validation set the latest weights are the best we know: best_model/ follows them
+            is_best = score < self.progress.best_wer or not self.val_sets
             if is_best:
                 self.progress.best_wer = score
             if self.logger:

@@ -77,10 +77,7 @@ def _main(argv: list[str] | None = None) -> int:
         from asrlib.onnx_runtime import load_onnx_recognizer
 
         rec = load_onnx_recognizer(args.onnx, decoder=args.decoder)  # one set of sessions for every file
-        import json
-        from pathlib import Path
-
-        sr = json.loads((Path(args.onnx) / "config.json").read_text())["model"]["frontend"]["sample_rate"]
+        sr = rec.constants.sample_rate
         args.stream = True
     else:
         from asrlib.checkpoint import load_model_and_tokenizer

@@ -299,3 +299,15 @@ def test_perturbation_draws_cover_the_configured_choices():
     assert pert.draw(2, 5) == WavePerturbation(16000, (0.9, 1.0, 1.1), (-20.0, 6.0), seed=1).draw(2, 5)
     assert pert.draw(0, 5) != pert.draw(1, 5)  # a new epoch, a new draw
     assert WavePerturbation(16000, (), ()).draw(0, 0) == (1.0, 0.0) and not WavePerturbation(16000).active
+
+
+def test_audio_shorter_than_the_configured_window_is_rejected(tmp_path, tok):
+    """The short-audio rule follows the frontend's window (win_ms), not a fixed 25 ms."""
+    sr = 16000
+    path = tmp_path / "short.wav"
+    sf.write(path, np.zeros(int(0.03 * sr), np.float32), sr)  # 30 ms
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": str(path), "text": "one", "duration": 0.03}) + "\n")
+    entries, _ = read_manifest(tmp_path / "m.jsonl")
+    assert AudioDataset(entries, sr, tok, min_seconds=0.025)[0] is not None
+    ds = AudioDataset(entries, sr, tok, min_seconds=0.032)
+    assert ds[0] is None and ds.skipped == {"too short": 1}

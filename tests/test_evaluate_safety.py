@@ -142,3 +142,27 @@ def test_transcribe_uses_the_checkpoints_own_tokenizer(trained, capsys):
     audio = str(DIGITS / json.loads((DIGITS / "train.jsonl").read_text().splitlines()[0])["audio_filepath"])
     assert transcribe.main(["--checkpoint", str(trained[0]), audio]) == 0  # its tokenizer folder is gone
     assert capsys.readouterr().out.startswith(audio)
+
+
+def test_a_line_with_an_offset_key_is_a_segment_as_in_training(trained, tmp_path):
+    """One rule for every reader: an ``offset`` key (even 0) means read [offset, offset + duration);
+    without it the whole file is read, whatever its stated duration."""
+    import soundfile as sf
+
+    from asrlib.checkpoint import load_model_and_tokenizer
+    from asrlib.data.dataset import AudioDataset
+    from asrlib.data.manifest import read_manifest
+
+    row = json.loads(make_manifest(tmp_path, [6]).read_text())
+    real = sf.info(row["audio_filepath"]).duration
+    segment = dict(row, offset=0.0, duration=0.4)
+    stated_wrong = dict(row, duration=0.4)  # no offset key: the whole file
+    model, tok = load_model_and_tokenizer(trained[1])
+    for line, seconds in ((segment, 0.4), (stated_wrong, real)):
+        path = tmp_path / "m.jsonl"
+        path.write_text(json.dumps(line) + "\n")
+        report = evaluate.evaluate_manifest(model, tok, path)
+        entries, _ = read_manifest(path, strict=False)
+        wave = AudioDataset(entries, 16000)[0][0]
+        assert report["audio_seconds"] == pytest.approx(seconds, abs=1e-3)
+        assert len(wave) / 16000 == pytest.approx(seconds, abs=1e-3)

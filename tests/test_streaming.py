@@ -271,3 +271,24 @@ def test_a_model_in_training_mode_is_streamed_in_eval_and_handed_back():
     assert model.training and all(m.training for m in model.modules())
     with pytest.raises(ValueError, match="the model is on cpu"):
         StreamingRecognizer(model, device="meta")
+
+
+def test_partial_text_is_detokenized_only_when_the_tokens_change():
+    from asrlib.tokenizer import Tokenizer
+
+    class Counting(Tokenizer):
+        calls = 0
+
+        def decode(self, ids):
+            Counting.calls += 1
+            return super().decode(ids)
+
+    torch.set_num_threads(1)
+    tok = Counting(DIGITS / "tokenizer")
+    rec = StreamingRecognizer(_model("tiny", seed=1), tok)
+    wave = _utterance(2)
+    texts = [rec.accept_waveform(wave[i : i + 50]) for i in range(0, len(wave), 50)]  # 50-sample pieces
+    assert texts[-1] == tok.decode(rec.partial().tokens)
+    final = rec.finalize()
+    assert final.text == tok.decode(final.tokens)
+    assert Counting.calls <= len(set(texts)) + 3 < len(texts)

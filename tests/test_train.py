@@ -542,3 +542,15 @@ def test_compile_wraps_the_module_that_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "train_module", lambda *a: calls.append(1) or tr.loss_module(*a))
     tr.train_step([next(tr.micro_batches())])
     assert calls == [1]
+
+
+def test_without_validation_best_model_holds_the_latest_weights(tmp_path):
+    from asrlib.checkpoint import load_model
+
+    train = make_manifest(tmp_path, SHORT)
+    tr = Trainer(tiny_config(tmp_path / "run", train, "trainer.max_steps=2", "trainer.eval_every=1"))
+    tr.setup()
+    tr.fit()
+    exported, _ = load_model(tmp_path / "run" / "best_model")
+    for name, value in tr.model.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], value.cpu()), name

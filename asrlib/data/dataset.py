@@ -37,9 +37,11 @@ class DataError(RuntimeError):
 
 class AudioDataset(torch.utils.data.Dataset):
     def __init__(self, entries: Sequence[ManifestEntry], sample_rate: int, tokenizer=None, strict: bool = False,
-                 max_seconds: float = 0.0, perturbation: WavePerturbation | None = None):
+                 max_seconds: float = 0.0, perturbation: WavePerturbation | None = None,
+                 min_seconds: float = FRAME_SECONDS):
         """``max_seconds`` > 0 rejects audio longer than that, measured on the audio itself: the
-        manifest's ``duration`` (which filtered the line) may be wrong.
+        manifest's ``duration`` (which filtered the line) may be wrong; audio shorter than
+        ``min_seconds`` (one STFT window: the frontend's ``win_ms``) gives no frame and is rejected.
 
         ``perturbation`` (training only) applies speed and gain to items asked for by an
         ``(epoch, index)`` key, as ``BucketBatchSampler(with_epoch=True)`` yields them; a plain
@@ -51,7 +53,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.sample_rate = sample_rate
         self.tokenizer = tokenizer
         self.strict = strict
-        self.min_samples = int(round(FRAME_SECONDS * sample_rate))
+        self.min_samples = int(round(min_seconds * sample_rate))
         self.skipped: Counter = Counter()  # reason -> count (in this process)
         self.first_skipped: dict[str, str] = {}  # reason -> manifest:line of its first case
 
@@ -75,7 +77,7 @@ class AudioDataset(torch.utils.data.Dataset):
             return self._reject(entry, "longer than max_duration", f"the audio lasts {len(wave) / self.sample_rate:.2f} s "
                                 f"(the manifest says {entry.duration:.2f} s), over max_duration {self.max_samples / self.sample_rate:g} s")
         if len(wave) < self.min_samples:
-            return self._reject(entry, "too short", f"audio has {len(wave)} samples, fewer than one 25 ms frame ({self.min_samples})")
+            return self._reject(entry, "too short", f"audio has {len(wave)} samples, fewer than one STFT window ({self.min_samples})")
         ids: list[int] = []
         if self.tokenizer is not None:
             ids = self.tokenizer.encode(entry.text)

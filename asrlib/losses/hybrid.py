@@ -46,16 +46,6 @@ class LossParts:
         """From the (loss, n_infeasible) pairs that rnnt_loss and ctc_loss return."""
         return cls(hybrid_loss(rnnt[0], ctc[0], ctc_weight), rnnt[0], ctc[0], rnnt[1], ctc[1])
 
-    def log_dict(self) -> dict[str, float]:
-        """Plain floats for TensorBoard / ClearML / the progress bar."""
-        return {
-            "loss": float(self.total.detach().sum()),
-            "loss_rnnt": float(self.rnnt.detach().sum()),
-            "loss_ctc": float(self.ctc.detach().sum()),
-            "infeasible_rnnt": float(self.n_infeasible_rnnt),
-            "infeasible_ctc": float(self.n_infeasible_ctc),
-        }
-
 
 class HybridLoss(nn.Module):
     """Model + both losses in one forward, so DistributedDataParallel sees one call per step.
