@@ -62,3 +62,12 @@ def test_makefile_extras_exist():
 def test_environment_does_not_duplicate_pip_torch_pin():
     # torch comes from conda (pytorch channel); the pip line must not pull a second copy by name
     assert not any(re.match(r"torch\b", l) for l in pip_lines())
+
+
+def test_repo_path_finds_the_checkout_and_explains_a_missing_file():
+    from asrlib.paths import REPO, repo_path
+
+    assert (REPO / "pyproject.toml").is_file() and (REPO / "asrlib" / "paths.py").is_file()
+    assert repo_path("data_samples", "an4", "train.jsonl").is_file()
+    with pytest.raises(FileNotFoundError, match="source checkout"):
+        repo_path("no", "such", "file")
