@@ -18,7 +18,7 @@ DEMO_ARGS   ?= $(if $(SEED),--set trainer.seed=$(SEED))
 # make demo trains with this many one-thread processes (torchrun + DDP, gloo); 1 = plain python.
 DEMO_PROCS ?= 2
 
-.PHONY: setup demo demo-an4 test test-fast lab bench clean-venv
+.PHONY: setup demo demo-an4 test test-fast notebooks lab bench clean-venv
 
 setup: $(STAMP)
 
@@ -42,6 +42,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Re-run every notebook in place (papermill, CPU, a few minutes): the saved figures and
+# outputs are what someone browsing the repository sees.
+notebooks: setup
+	@for nb in notebooks/0*.ipynb; do echo "== $$nb"; \
+		$(BIN)/papermill --cwd notebooks -k python3 --no-progress-bar "$$nb" "$$nb" || exit 1; done
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

@@ -120,3 +120,32 @@ def error_report(refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str] | 
         "num_utterances": len(pairs),
         "utterances": rows,
     }
+
+
+def word_alignment(ref: str, hyp: str) -> list[tuple[str, str | None, str | None]]:
+    """The word alignment behind the counts: ``(op, ref_word, hyp_word)`` in order, op one of
+    "equal", "substitute", "delete" (hyp_word None), "insert" (ref_word None)."""
+    r, h = normalize(ref).split(), normalize(hyp).split()
+    if not r or not h:
+        return [("delete", w, None) for w in r] + [("insert", None, w) for w in h]
+    out: list[tuple[str, str | None, str | None]] = []
+    for chunk in jiwer.process_words(" ".join(r), " ".join(h)).alignments[0]:
+        rs, hs = r[chunk.ref_start_idx : chunk.ref_end_idx], h[chunk.hyp_start_idx : chunk.hyp_end_idx]
+        if chunk.type in ("equal", "substitute"):
+            out += [(chunk.type, a, b) for a, b in zip(rs, hs)]
+        elif chunk.type == "delete":
+            out += [("delete", a, None) for a in rs]
+        else:
+            out += [("insert", None, b) for b in hs]
+    return out
+
+
+def confusions(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> dict[tuple[str | None, str | None], int]:
+    """How often each reference word became each hypothesis word, over a corpus, errors only:
+    ``{(ref_word, hyp_word): n}`` with None for a deletion's hypothesis or an insertion's reference."""
+    counts: dict[tuple[str | None, str | None], int] = {}
+    for ref, hyp in _pairs(refs, hyps):
+        for op, a, b in word_alignment(ref, hyp):
+            if op != "equal":
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+    return counts

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from asrlib.metrics import cer, error_report, wer
+from asrlib.metrics import cer, error_report, wer, word_counts
 
 
 def levenshtein(a, b):
@@ -79,3 +79,18 @@ def test_mismatched_inputs_are_explained():
         wer(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="ids"):
         error_report(["a"], ["a"], ids=["x", "y"])
+
+
+def test_word_alignment_and_confusions_by_hand():
+    from asrlib.metrics import confusions, word_alignment
+
+    # ref  M  E  A  D  O  W        hyp  M  E  D  O  V  W  X
+    ops = word_alignment("M E A D O W", "M E D O V W X")
+    assert [op for op, _, _ in ops].count("equal") == 5
+    assert ("delete", "A", None) in ops and ("insert", None, "X") in ops
+    errors = [o for o in ops if o[0] != "equal"]
+    assert len(errors) == word_counts("M E A D O W", "M E D O V W X").errors == 3
+    assert word_alignment("", "A B") == [("insert", None, "A"), ("insert", None, "B")]
+    assert word_alignment("A", "") == [("delete", "A", None)]
+    got = confusions(["B E", "B D", "E"], ["D E", "B D", "E E"])
+    assert got == {("B", "D"): 1, (None, "E"): 1}
