@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, ConfigError, load_config, to_dict
 from asrlib.data.augment import WavePerturbation, spec_augment_noise
-from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError
+from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
 from asrlib.errors import UsageError, report_usage_errors
@@ -137,7 +137,7 @@ class Trainer:
             self.val_sets.append((Path(path).stem, AudioDataset(ventries, sr, self.tokenizer, strict=False,
                                                                 max_seconds=vd.max_duration)))
         self.progress = Progress()
-        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
+        self.skips = SkipTally(self.progress.skipped_reasons, self.log_line)
         self.logger = RunLogger(cfg.logger, self.out, to_dict(cfg)) if self.rank == 0 else None
         self.maybe_resume()
         n = count_parameters(self.model)
@@ -173,7 +173,7 @@ class Trainer:
         n = len(self.train_set)
         pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.trainer.seed))[:max_utterances]
         items = (self.train_set[int(i)] for i in pick)
-        mean, std = feature_stats(self.model.frontend, (item[0] for item in items if item is not None))
+        mean, std = feature_stats(self.model.frontend, (item[0] for item in items if not isinstance(item, Skipped)))
         self.model.frontend.set_normalization(mean, std)
         self.log_line(f"feature normalisation from {min(n, max_utterances)} utterances: "
                       f"mean {float(mean.mean()):.2f}, std {float(std.mean()):.2f} (averaged over bins)")
@@ -208,7 +208,7 @@ class Trainer:
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         random.setstate(_tuple_state(state["rng"]["python"]))
-        self.skips = SkipTally(self.train_set, self.progress.skipped_reasons, self.log_line)
+        self.skips = SkipTally(self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
 
     # ------------------------------------------------------------------ train_step
@@ -222,7 +222,7 @@ class Trainer:
                 p.batches_in_epoch += 1
                 if batch.dropped:
                     p.skipped_utterances += batch.dropped
-                    self.skips.attribute(batch.dropped)
+                    self.skips.attribute(batch.skips)
                 if len(batch) > 0:
                     yield batch
             self.progress.epoch += 1

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrlib.data.dataset import AudioDataset, BucketBatchSampler, DataError, collate
+from asrlib.data.dataset import AudioDataset, BucketBatchSampler, DataError, Skipped, collate
 from asrlib.data.manifest import read_manifest
 from asrlib.tokenizer import Tokenizer
 
@@ -57,13 +57,15 @@ def test_lenient_skips_and_counts(tmp_path, tok):
     entries, _ = read_manifest(bad_corpus(tmp_path), strict=True)
     ds = AudioDataset(entries, 16000, tok)
     items = [ds[i] for i in range(len(ds))]
-    assert [it is None for it in items] == [False, True, True, True, False]
+    assert [isinstance(it, Skipped) for it in items] == [False, True, True, True, False]
     assert dict(ds.skipped) == {"unreadable audio": 1, "too short": 1, "text not encodable": 1}
     batch = ds.collate(items)
     assert batch.indices == [0, 4] and batch.dropped == 3 and batch.texts == ["one two", "five"]
+    assert [(r, w.split("/")[-1]) for r, w in batch.skips] == [
+        ("unreadable audio", "m.jsonl:2"), ("too short", "m.jsonl:3"), ("text not encodable", "m.jsonl:4")]
 
 
-@pytest.mark.parametrize("line,message", [(2, "cannot decode audio file .*broken.wav"), (3, "audio has 160 samples, fewer than one 25 ms frame"), (4, "the tokenizer turns .☃☃. into only <unk>")])
+@pytest.mark.parametrize("line,message", [(2, "cannot decode audio file .*broken.wav"), (3, "audio has 160 samples, fewer than one STFT window"), (4, "the tokenizer turns .☃☃. into only <unk>")])
 def test_strict_names_manifest_and_line(tmp_path, tok, line, message):
     m = bad_corpus(tmp_path)
     entries, _ = read_manifest(m, strict=True)
@@ -83,7 +85,7 @@ def test_max_duration_is_enforced_on_the_real_length(tmp_path, tok):
     entries, _ = read_manifest(m, max_duration=1.0, strict=True)
     assert len(entries) == 2  # the manifest's duration let both through
     ds = AudioDataset(entries, 16000, tok, max_seconds=1.0)
-    assert ds[0] is not None and ds[1] is None
+    assert not isinstance(ds[0], Skipped) and isinstance(ds[1], Skipped)
     assert dict(ds.skipped) == {"longer than max_duration": 1}
     assert AudioDataset(entries, 16000, tok)[1] is not None  # no limit, no rejection
     with pytest.raises(DataError, match=rf"{m}:2: the audio lasts 3.00 s \(the manifest says 0.50 s\), over max_duration 1 s"):
@@ -310,4 +312,20 @@ def test_audio_shorter_than_the_configured_window_is_rejected(tmp_path, tok):
     entries, _ = read_manifest(tmp_path / "m.jsonl")
     assert AudioDataset(entries, sr, tok, min_seconds=0.025)[0] is not None
     ds = AudioDataset(entries, sr, tok, min_seconds=0.032)
-    assert ds[0] is None and ds.skipped == {"too short": 1}
+    assert isinstance(ds[0], Skipped) and ds.skipped == {"too short": 1}
+
+
+def test_skip_reasons_reach_the_main_process_from_workers(tmp_path, tok):
+    """With two DataLoader workers the trainer's tally still knows each reason and its line."""
+    from asrlib.data.skips import SkipTally
+
+    entries, _ = read_manifest(bad_corpus(tmp_path), strict=True)
+    ds = AudioDataset(entries, 16000, tok)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=ds.collate, num_workers=2)
+    reasons, said = {}, []
+    tally = SkipTally(reasons, said.append)
+    for batch in loader:
+        tally.attribute(batch.skips)
+    assert reasons == {"unreadable audio": 1, "too short": 1, "text not encodable": 1}
+    assert not ds.skipped  # the main process decoded nothing itself
+    assert len(said) == 3 and any("m.jsonl:3" in s for s in said)

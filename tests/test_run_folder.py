@@ -123,7 +123,10 @@ def test_failed_checkpoint_write_names_the_folder(tmp_path, capsys, monkeypatch)
     assert str(out / "checkpoints") in line and "No space left on device" in line and "--resume auto" in line
 
 
-def test_training_reports_skipped_utterances_by_reason(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_reports_skipped_utterances_by_reason(tmp_path, capsys, workers):
+    """Reasons and lines are reported whether the main process or DataLoader workers decode,
+    and a corrupt file is also left out of the feature statistics."""
     rows = [json.loads(line) for line in make_manifest(tmp_path, SHORT).read_text().splitlines()]
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage" * 10)
@@ -132,7 +135,8 @@ def test_training_reports_skipped_utterances_by_reason(tmp_path, capsys):
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     assert cli.main(train_argv(out, train, None, "train_dataset.batch_seconds=100.0",
-                               "train_dataset.num_buckets=1")) == 0
+                               "train_dataset.num_buckets=1", f"train_dataset.num_workers={workers}",
+                               "model.frontend.normalize=true")) == 0
     err = capsys.readouterr().err
     assert f"{train}:4" in err  # the first corrupt line is named when it is met
     assert "skipped training utterances: 2 (2 unreadable audio)" in err  # 2 steps, one whole-set batch each

@@ -1,11 +1,12 @@
 """Utterances -> padded batches: ``AudioDataset``, ``collate`` and ``BucketBatchSampler``.
 
 ``AudioDataset[i]`` decodes one manifest entry to (waveform, token ids, i). An utterance that
-cannot be used (unreadable audio, audio shorter than one 25 ms STFT window, text that the
+cannot be used (unreadable audio, audio shorter than one STFT window, text that the
 tokenizer turns into nothing or only ``<unk>``) raises an error naming manifest:line when
-``strict``; otherwise ``__getitem__`` returns None, the reason is counted in
-``dataset.skipped`` (in the process that decoded it) and ``collate`` drops it, counting it in
-``Batch.dropped`` (visible in the main process even with DataLoader workers).
+``strict``; otherwise ``__getitem__`` returns a ``Skipped(reason, where)`` instead of an item,
+the reason is also counted in ``dataset.skipped`` (in the process that decoded it), and
+``collate`` drops it, keeping ``Batch.dropped`` and ``Batch.skips`` (reason, manifest:line):
+so the reasons reach the main process even from DataLoader workers.
 
 ``BucketBatchSampler`` groups utterances of similar duration into batches whose padded
 length (max duration x batch size) fits a budget of seconds; see its docstring for the
@@ -20,8 +21,8 @@ Shapes:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,13 @@ from asrlib.data.manifest import ManifestEntry
 
 class DataError(RuntimeError):
     """An utterance is unusable in strict mode; the message names manifest:line."""
+
+
+class Skipped(NamedTuple):
+    """What ``AudioDataset[i]`` returns for an utterance it cannot use (lenient mode)."""
+
+    reason: str  # e.g. "unreadable audio", "too short"
+    where: str  # manifest:line
 
 
 class AudioDataset(torch.utils.data.Dataset):
@@ -60,11 +68,12 @@ class AudioDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _reject(self, entry: ManifestEntry, reason: str, detail: str) -> None:
+    def _reject(self, entry: ManifestEntry, reason: str, detail: str) -> Skipped:
         if self.strict:
             raise DataError(f"{entry.where}: {detail}. Fix or remove this line, or set strict = false to skip it.")
         self.skipped[reason] += 1
         self.first_skipped.setdefault(reason, entry.where)
+        return Skipped(reason, entry.where)
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, i = key if isinstance(key, tuple) else (None, key)
@@ -106,30 +115,33 @@ class Batch:
     token_lengths: torch.Tensor  # (B,) int64
     texts: list[str]  # (B) reference texts
     indices: list[int]  # (B) dataset indices
-    dropped: int = 0  # items of this batch the dataset rejected (None)
+    dropped: int = 0  # items of this batch the dataset rejected
+    skips: list = field(default_factory=list)  # (reason, manifest:line) of each rejected item
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.audio), move(self.audio_lengths), move(self.tokens), move(self.token_lengths), self.texts, self.indices, self.dropped)
+        return Batch(move(self.audio), move(self.audio_lengths), move(self.tokens), move(self.token_lengths), self.texts,
+                     self.indices, self.dropped, self.skips)
 
     def pin_memory(self) -> "Batch":
         """Page-locked copies of the tensors (DataLoader(pin_memory=True) calls this), so the
         trainer's ``.to(cuda, non_blocking=True)`` copies overlap with compute."""
         return Batch(self.audio.pin_memory(), self.audio_lengths.pin_memory(), self.tokens.pin_memory(),
-                     self.token_lengths.pin_memory(), self.texts, self.indices, self.dropped)
+                     self.token_lengths.pin_memory(), self.texts, self.indices, self.dropped, self.skips)
 
 
 def collate(items: Sequence, texts: Sequence[str] | None = None) -> Batch:
-    """Pad dataset items into a ``Batch``; None items are dropped and counted.
+    """Pad dataset items into a ``Batch``; ``Skipped`` (or None) items are dropped and counted.
 
     A batch where every item was dropped has B = 0 (the trainer should skip it). ``texts``
     maps a dataset index to its reference text; ``AudioDataset.collate`` passes the
     manifest texts (use it as the DataLoader's ``collate_fn``). Without it texts are "".
     """
-    kept = [it for it in items if it is not None]
+    kept = [it for it in items if it is not None and not isinstance(it, Skipped)]
+    skips = [(it.reason, it.where) for it in items if isinstance(it, Skipped)]
     dropped = len(items) - len(kept)
     B = len(kept)
     S = max((len(w) for w, _, _ in kept), default=0)
@@ -148,6 +160,7 @@ def collate(items: Sequence, texts: Sequence[str] | None = None) -> Batch:
         texts=[texts[i] for i in indices] if texts is not None else [""] * B,
         indices=indices,
         dropped=dropped,
+        skips=skips,
     )
 
 

@@ -1,38 +1,28 @@
 """Honest skipping: every utterance a training run drops is counted by reason and reported.
 
-``AudioDataset`` counts its rejections by reason (``dataset.skipped``) in the process that
-decoded them, and ``collate`` counts the dropped items per batch (``Batch.dropped``), which
-reaches the main process even from DataLoader workers. ``attribute`` turns each batch's count
-into reasons (those decoded in a worker are counted under a generic reason), ``summary`` makes
-the end-of-training line.
+``AudioDataset`` returns a ``Skipped(reason, manifest:line)`` for an utterance it cannot use,
+and ``collate`` keeps them in ``Batch.skips``, which reaches the main process even from
+DataLoader workers. ``attribute`` counts each batch's skips by reason (announcing the first of
+each, with its line); ``summary`` makes the end-of-training line.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
-WORKER_REASON = "unreadable or unusable (in a DataLoader worker)"
 
 
 class SkipTally:
-    def __init__(self, dataset, reasons: dict, log=print):
-        self.dataset = dataset
+    def __init__(self, reasons: dict, log=print):
         self.reasons = reasons  # reason -> count; the checkpointed dict, updated in place
         self.log = log
-        self.seen: Counter = Counter()  # the dataset's counter at the last batch
 
-    def attribute(self, dropped: int) -> None:
-        """Add a batch's ``dropped`` utterances, by reason; the first of each reason is announced."""
-        now = Counter(self.dataset.skipped)
-        new, self.seen = now - self.seen, now
-        if sum(new.values()) < dropped:
-            new[WORKER_REASON] += dropped - sum(new.values())
-        for reason, n in new.items():
+    def attribute(self, skips: list[tuple[str, str]]) -> None:
+        """Add a batch's skipped utterances ``(reason, manifest:line)``; the first of each
+        reason is announced."""
+        for reason, where in skips:
             if reason not in self.reasons:
-                where = self.dataset.first_skipped.get(reason, "a DataLoader worker")
                 self.log(f"warning: skipping training utterances: {reason} (first at {where}); "
                          "all skips are counted and reported at the end")
-            self.reasons[reason] = self.reasons.get(reason, 0) + n
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
 def summary(total: int, reasons: dict) -> str:
