@@ -14,6 +14,15 @@ trainers (DDP, gloo) each time their own shard; the audio seconds of all ranks a
 the slowest rank's wall time is used. Each rank uses the preset's batch budget, so a step
 then trains N times the audio of a one-process step.
 
+``--losses full pruned`` measures each preset with the full RNN-T loss and with the pruned one
+(``loss.rnnt = "pruned"`` + the simple projections) in the same run, so their ratio is fair on a
+shared machine. ``--v1024`` adds a preset sized for this CPU with a production-sized vocabulary
+(d 256, 6 blocks, V = 1024, joint 640; random audio and token ids, 4 x 8 s utterances at 3
+tokens/s, since no bundled corpus has 1024 pieces), where the joint is a large share of the
+step. Every row also has the model's training FLOPs per audio-second (forward + backward,
+``torch.utils.flop_counter``) and the fraction of this machine's measured float32 matmul
+FLOP/s (same threads) that the step reaches.
+
 Prints one JSON object (with the load average, since a shared machine skews the numbers).
 """
 
@@ -34,17 +43,25 @@ import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from asrlib.config import load_config  # noqa: E402
 from asrlib.model.hybrid import count_parameters  # noqa: E402
 from asrlib.train import Trainer  # noqa: E402
+from gpu_step import bare_trainer, count_flops, random_batch  # noqa: E402
+from streaming import matmul_flops_per_second  # noqa: E402
+
+PRUNED = ["loss.rnnt=pruned", "model.joint.simple_projections=true"]
+V1024 = ["model.encoder.d_model=256", "model.encoder.n_blocks=6", "model.encoder.attention.n_heads=4",
+         "model.joint.hidden=640", "model.prediction.hidden=320"]
 
 
-def measure(preset: str, threads: int, steps: int, warmup: int) -> dict:
+def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "full") -> dict:
     with tempfile.TemporaryDirectory(prefix="asrlib-bench-") as out:
         cfg = load_config(ROOT / "configs" / f"{preset}.toml", [
             f"trainer.output_dir={out}", "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
             f"trainer.num_threads={threads}", "validation_dataset.validation_manifest=[]",
+            *(PRUNED if loss == "pruned" else []),
         ])
         tr = Trainer(cfg)
         tr.setup()  # sets torch threads from trainer.num_threads
@@ -59,6 +76,7 @@ def measure(preset: str, threads: int, steps: int, warmup: int) -> dict:
             seconds += v["seconds"]  # audio seconds after speed perturbation
             utts += len(b)
         wall = time.perf_counter() - t0
+        flops_per_audio_s = count_flops(tr, batches[-1]) / (float(batches[-1].audio_lengths.sum()) / 16000)
         if tr.world > 1:  # every rank's audio counts; the step ends when the slowest rank ends
             totals = torch.tensor([seconds, float(utts)], dtype=torch.float64)
             dist.all_reduce(totals)
@@ -67,6 +85,7 @@ def measure(preset: str, threads: int, steps: int, warmup: int) -> dict:
             seconds, utts, wall = float(totals[0]), int(totals[1]), float(longest[0])
     return {
         "preset": preset,
+        "loss": loss,
         "processes": tr.world,
         "threads": torch.get_num_threads(),
         "params_M": round(count_parameters(tr.model) / 1e6, 3),
@@ -77,7 +96,33 @@ def measure(preset: str, threads: int, steps: int, warmup: int) -> dict:
         "wall_seconds": round(wall, 2),
         "audio_seconds_per_second": round(seconds / wall, 2),
         "seconds_per_step": round(wall / steps, 3),
+        "gflops_per_audio_second": round(flops_per_audio_s / 1e9, 2),
+        "gflops_per_second": round(flops_per_audio_s * seconds / wall / 1e9, 2),
     }
+
+
+def measure_v1024(threads: int, steps: int, warmup: int, loss: str) -> dict:
+    """The CPU-sized V = 1024 preset on a fixed random batch (4 x 8 s, 24 tokens each)."""
+    torch.set_num_threads(threads)
+    cfg = load_config(ROOT / "configs" / "demo.toml", ["validation_dataset.validation_manifest=[]",
+                                                         "trainer.compile=false", *V1024,
+                                                         *(PRUNED if loss == "pruned" else [])])
+    cfg.model.vocab_size = 1024
+    tr = bare_trainer(cfg, torch.device("cpu"))
+    batch = random_batch(4, 8.0, 24, 1024, cfg.model.frontend.sample_rate)
+    for _ in range(warmup):
+        tr.train_step([batch])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tr.train_step([batch])
+    wall = (time.perf_counter() - t0) / steps
+    audio = float(batch.audio_lengths.sum()) / cfg.model.frontend.sample_rate
+    flops = count_flops(tr, batch)
+    return {"preset": "demo@d256x6,V1024", "loss": loss, "processes": 1, "threads": threads,
+            "params_M": round(count_parameters(tr.model) / 1e6, 3), "batch": "4 x 8 s random, 24 tokens",
+            "timed_steps": steps, "audio_seconds_per_second": round(audio / wall, 2),
+            "seconds_per_step": round(wall, 3), "gflops_per_audio_second": round(flops / audio / 1e9, 2),
+            "gflops_per_second": round(flops / wall / 1e9, 2)}
 
 
 def main() -> None:
@@ -87,6 +132,8 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "demo"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--processes", type=int, default=1, help="DDP processes (relaunches under torchrun)")
+    p.add_argument("--losses", nargs="+", default=["full"], choices=["full", "pruned"])
+    p.add_argument("--v1024", action="store_true", help="add the CPU-sized V = 1024 preset (one process)")
     args = p.parse_args()
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -94,11 +141,25 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(min(args.threads))}
         sys.exit(subprocess.run(cmd, env=env).returncode)
     load_before = os.getloadavg()
-    results = [measure(preset, t, args.steps, args.warmup) for preset in args.presets for t in args.threads]
+    results = [measure(preset, t, args.steps, args.warmup, loss) for preset in args.presets for t in args.threads
+               for loss in args.losses]
     if dist.is_initialized():
         dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    if args.v1024:
+        results += [measure_v1024(t, args.steps, args.warmup, loss) for t in args.threads for loss in args.losses]
+    matmul = {t: 0.0 for t in args.threads}
+    for t in args.threads:
+        torch.set_num_threads(t)
+        matmul[t] = matmul_flops_per_second()
+    for r in results:
+        r["fraction_of_matmul_peak"] = round(r["gflops_per_second"] * 1e9 / matmul[r["threads"]] / r["processes"], 4)
+    for r in results:  # pruned against full, same preset and threads, same run
+        full = next((q for q in results if q["preset"] == r["preset"] and q["threads"] == r["threads"]
+                     and q["loss"] == "full"), None)
+        if r["loss"] == "pruned" and full:
+            r["speedup_over_full"] = round(r["audio_seconds_per_second"] / full["audio_seconds_per_second"], 3)
     print(json.dumps({
         "benchmark": "train_throughput",
         "unit": "audio seconds trained per wall second (forward + backward + optimiser step)",
@@ -107,6 +168,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "matmul_gflops_per_second_by_threads": {t: round(v / 1e9, 1) for t, v in matmul.items()},
         "results": results,
     }, indent=2))
 
