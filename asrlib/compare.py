@@ -22,6 +22,7 @@ import torch
 
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
 from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
+from asrlib.audio import AudioError
 from asrlib.errors import refuse_existing_file, report_usage_errors
 from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import StreamingRecognizer
@@ -75,7 +76,7 @@ def compare_stream(model: HybridASR, wave: np.ndarray, piece_samples: int = 1600
     }
 
 
-@report_usage_errors("compare-stream", FileNotFoundError)
+@report_usage_errors("compare-stream", FileNotFoundError, AudioError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib compare-stream", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported model folder")

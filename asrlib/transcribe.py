@@ -61,8 +61,8 @@ def _main(argv: list[str] | None = None) -> int:
     src.add_argument("--onnx", help="folder written by `asrlib export` (implies --stream)")
     p.add_argument("files", nargs="+")
     p.add_argument("--stream", action="store_true", help="stream each file, printing partial hypotheses")
-    p.add_argument("--decoder", default="rnnt_greedy",
-                   help="rnnt_greedy | ctc_greedy (| ctc_beam | rnnt_beam offline)")
+    p.add_argument("--decoder", default="rnnt_greedy", choices=("rnnt_greedy", "ctc_greedy", "ctc_beam", "rnnt_beam"),
+                   help="beam searches run offline only")
     p.add_argument("--piece-ms", type=float, default=160.0, help="audio fed per call when streaming")
     p.add_argument("--max-offline-seconds", type=float, default=300.0,
                    help="longer files (greedy decoders) are decoded through the streaming step in 30 s pieces: "
@@ -71,6 +71,12 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
     args = p.parse_args(argv)
+    from asrlib.errors import UsageError
+    from asrlib.streaming import DECODERS as STREAM_DECODERS
+
+    if (args.stream or args.onnx) and args.decoder not in STREAM_DECODERS:
+        raise UsageError(f"--decoder {args.decoder} runs offline only; streaming decodes with "
+                         f"{' or '.join(STREAM_DECODERS)} (drop --stream for beam search)")
     torch.set_num_threads(args.threads)
 
     if args.onnx:

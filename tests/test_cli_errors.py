@@ -1,0 +1,55 @@
+"""Every command answers a user's mistake with one line ``asrlib <command>: error: …`` and exit
+status 2, and ``--debug`` shows the traceback instead; each class of mistake per command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_run_folder import one_error_line
+
+from asrlib import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "digits_demo"
+AUDIO = next((ROOT / "data_samples" / "digits" / "audio" / "test_seen").glob("*.flac"))
+MANIFEST = ROOT / "data_samples" / "digits" / "test_seen.jsonl"
+
+
+def cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    corrupt = tmp / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    empty = tmp / "empty.jsonl"
+    empty.write_text("")
+    return [
+        ("evaluate", ["evaluate", "--checkpoint", str(tmp / "nope"), "--manifest", str(MANIFEST)]),  # missing checkpoint
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(empty)]),  # empty manifest
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--stream",
+                      "--decoder", "rnnt_beam"]),  # a decoder streaming does not have
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--streams", "0"]),
+        ("transcribe", ["transcribe", "--checkpoint", str(tmp / "nope"), str(AUDIO)]),
+        ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(tmp / "missing.wav")]),  # missing audio
+        ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(corrupt)]),  # corrupt audio
+        ("transcribe", ["transcribe", "--checkpoint", str(MODEL), "--stream", "--decoder", "ctc_beam", str(AUDIO)]),
+        ("compare-stream", ["compare-stream", "--checkpoint", str(tmp / "nope"), "--audio", str(AUDIO)]),
+        ("compare-stream", ["compare-stream", "--checkpoint", str(MODEL), "--audio", str(corrupt)]),
+        ("export", ["export", "--checkpoint", str(tmp / "nope"), "--out", str(tmp / "exp")]),
+        ("train", ["train", "--config", str(tmp / "missing.toml")]),
+        ("train", ["train", "--config", str(ROOT / "configs" / "tiny.toml"), "--set", "optim.lr=fast"]),  # bad --set
+        ("summary", ["summary", "--config", str(ROOT / "configs" / "tiny.toml"), "--set", "model.encoder.d_modle=3"]),
+        ("tokenizer", ["tokenizer", "train", "--manifest", str(tmp / "none.jsonl"), "--vocab-size", "8",
+                       "--out", str(tmp / "tok")]),
+    ]
+
+
+def test_each_mistake_is_one_line_and_status_2(tmp_path, capsys):
+    for command, argv in cases(tmp_path):
+        assert cli.main(argv) == 2, argv
+        one_error_line(capsys.readouterr().err, command)
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASRLIB_DEBUG", raising=False)
+    with pytest.raises(Exception, match="nope"):
+        cli.main(["--debug", "transcribe", "--checkpoint", str(tmp_path / "nope"), str(AUDIO)])
+    monkeypatch.delenv("ASRLIB_DEBUG", raising=False)  # cli.main set it for the rest of the process
