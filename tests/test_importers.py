@@ -150,7 +150,7 @@ def test_fsdd_importer_on_a_miniature(tmp_path, capsys):
     build_digits_corpus(rec, tmp_path / "again", seed=5, seen=("george",), unseen=("yweweler",))
     for split in SPLIT_RULES:
         assert (out / f"{split}.jsonl").read_text() == (tmp_path / "again" / f"{split}.jsonl").read_text()
-    assert cli.main(args) == 1 and "refusing to overwrite" in capsys.readouterr().err
+    assert cli.main(args) == 2 and "refusing to overwrite" in capsys.readouterr().err
     assert cli.main(args[:3] + ["--out", str(tmp_path / "x")]) == 2  # default speakers: jackson is absent
     assert "no recordings of speaker 'jackson'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
@@ -249,7 +249,7 @@ def test_an4_importer_on_a_miniature(tmp_path, capsys):
         assert (out / f"{split}.jsonl").read_text() == (tmp_path / "again" / f"{split}.jsonl").read_text()
     # never overwrite without --force; --force rebuilds without stale splits
     capsys.readouterr()
-    assert cli.main(args) == 1 and "refusing to overwrite" in capsys.readouterr().err
+    assert cli.main(args) == 2 and "refusing to overwrite" in capsys.readouterr().err
     assert cli.main(args[:5] + ["--force"]) == 0
     assert not (out / "dev.jsonl").exists() and not (out / "audio" / "dev").exists()
     assert check_an4_split(out, "train", AN4_TRAIN, samples, "flac") == set(AN4_TRAIN)

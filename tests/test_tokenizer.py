@@ -71,7 +71,7 @@ def test_cli_refuses_overwrite_without_force(manifests, tmp_path, capsys):
     base = ["train", "--manifest", str(manifests[0]), "--manifest", str(manifests[1]), "--model-type", "bpe", "--out", str(tmp_path / "tok")]
     assert tok_mod.main(base + ["--vocab-size", "85"]) == 0
     before = (tmp_path / "tok" / "tokenizer.model").read_bytes()
-    assert tok_mod.main(base + ["--vocab-size", "82"]) == 1
+    assert tok_mod.main(base + ["--vocab-size", "82"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "tok" / "tokenizer.model").read_bytes() == before
     assert tok_mod.main(base + ["--vocab-size", "82", "--force"]) == 0

@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             args.recordings_dir, args.out, args.seed, args.force, tuple(args.seen.split(",")), tuple(args.unseen.split(","))
         )
     except ManifestError as e:
-        print(f"asrlib prepare fsdd: {e}", file=sys.stderr)
-        return 1
+        print(f"asrlib prepare fsdd: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     for split, path in manifests.items():
         n = sum(1 for line in open(path, encoding="utf-8") if line.strip())
         print(f"wrote {path}: {n} utterances")
