@@ -25,6 +25,8 @@ def summary_rows(model: HybridASR) -> list[tuple[str, str, int]]:
     rows.append(("encoder.norm", "RMSNorm", count_parameters(model.encoder.norm)))
     for name in ("ctc_head", "prediction", "joint"):
         rows.append((name, type(getattr(model, name)).__name__, count_parameters(getattr(model, name))))
+    if model.simple is not None:  # the pruned loss's projections: trained, never used to decode
+        rows.append(("simple", "SimpleProjections", count_parameters(model.simple)))
     return rows
 
 

@@ -157,3 +157,14 @@ def test_formula_follows_conv_norm_choice(norm, capsys):
     cfg = load_config("configs/tiny.toml", [f"model.encoder.conv.norm={norm}"])
     cfg.model.vocab_size = VOCAB
     assert grand == sum(expected_parameters(cfg.model).values())
+
+
+def test_the_pruned_loss_projections_are_counted():
+    from asrlib.config import load_config
+    from asrlib.model.summary import model_from_config, per_kind, summary_rows
+
+    from asrlib.paths import REPO
+
+    model = model_from_config(load_config(REPO / "configs" / "tiny.toml", ["model.joint.simple_projections=true"]).model, 16)
+    assert ("simple", "SimpleProjections", sum(p.numel() for p in model.simple.parameters())) in summary_rows(model)
+    assert sum(per_kind(model).values()) == sum(p.numel() for p in model.parameters())
