@@ -139,13 +139,14 @@ class OnnxStreamingBackend:
     def step(self, state: dict[str, Tensor], streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
         """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), CTC
         log-probs (k, T', V + 1), new state."""
+        everyone = streams == list(range(st.batch_size(state)))  # no select / scatter copies needed
         idx = torch.tensor(streams)
-        sub = st.select(state, idx)
+        sub = state if everyone else st.select(state, idx)
         feed = {"audio": np.ascontiguousarray(samples, dtype=np.float32)}
         feed.update({n: _np(sub[n]) for n in self.state_names})
         enc, ctc, *new = self.encoder.run(self.output_names, feed)
         new_sub = {n: torch.from_numpy(v) for n, v in zip(self.state_names, new)}
-        return torch.from_numpy(enc), torch.from_numpy(ctc), st.scatter(state, idx, new_sub)
+        return torch.from_numpy(enc), torch.from_numpy(ctc), new_sub if everyone else st.scatter(state, idx, new_sub)
 
 
 def load_onnx_recognizer(onnx_dir: str | Path, decoder: str = "rnnt_greedy", **kwargs):
