@@ -60,12 +60,13 @@ from asrlib.config import to_dict
 from asrlib.model import state as st
 from asrlib.model.heads import PredictionState
 from asrlib.model.hybrid import HybridASR
+from asrlib.paths import REPO
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| allowed on encoder outputs by verify
 FILES = ("encoder_step.onnx", "predictor_step.onnx", "joint.onnx")
 CONFIG_KEY, STREAMING_KEY = "asrlib_model_config", "asrlib_streaming"
-BUNDLED_MANIFEST = Path(__file__).resolve().parents[1] / "data_samples" / "digits" / "test_seen.jsonl"
+BUNDLED_MANIFEST = REPO / "data_samples" / "digits" / "test_seen.jsonl"
 
 
 # --------------------------------------------------------------------------- names

@@ -78,8 +78,25 @@ def scatter(state: Any, index: Tensor, sub: Any) -> Any:
 
 
 def batch_size(state: Any) -> int:
-    """The number of streams in a state (dim 0 of its tensors)."""
-    return next(iter(flatten(state).values())).shape[0]
+    """The number of streams in a state (dim 0 of its tensors): the first tensor found, without
+    flattening the whole state (it is asked on every streaming step)."""
+    if isinstance(state, Tensor):
+        return state.shape[0]
+    if dataclasses.is_dataclass(state):
+        items = [getattr(state, f.name) for f in dataclasses.fields(state)]
+    elif isinstance(state, dict):
+        items = list(state.values())
+    elif isinstance(state, (list, tuple)):
+        items = list(state)
+    else:
+        items = []
+    for item in items:
+        if item is not None:
+            try:
+                return batch_size(item)
+            except ValueError:
+                continue
+    raise ValueError("the state holds no tensor")
 
 
 def num_elements(state: Any) -> int:

@@ -14,15 +14,6 @@ V = 3
 BLANK = V
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: extra threads only contend (17x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- an oracle with known emissions
 @dataclass
 class CountState:
