@@ -95,9 +95,13 @@ class EncoderConfig:
 
 @dataclass
 class PredictionConfig:
+    # "lstm": embedding + LSTM over every previous token; "stateless": embedding + a causal
+    # convolution over the last `context` tokens (no recurrence; output size embed_dim)
+    kind: Literal["lstm", "stateless"] = "lstm"
     embed_dim: int = 128  # token embedding size
-    hidden: int = 128  # LSTM hidden size (output of the prediction network)
-    layers: int = 1  # LSTM layers
+    hidden: int = 128  # LSTM hidden size (output of the prediction network); lstm only
+    layers: int = 1  # LSTM layers; lstm only
+    context: int = 2  # tokens the stateless network sees (>= 2); stateless only
     dropout: float = 0.1
 
 
@@ -398,6 +402,10 @@ def _check_ranges(cfg: "Config", source: str) -> None:
                           f"{cfg.train_dataset.prefetch_factor}")
     if any(f <= 0 for f in cfg.train_dataset.speed_perturb):
         raise ConfigError(f"{source}: train_dataset.speed_perturb: factors must be > 0, got {cfg.train_dataset.speed_perturb!r}")
+    pred = cfg.model.prediction
+    if pred.kind == "stateless" and (pred.context < 2 or pred.embed_dim % 4):
+        raise ConfigError(f"{source}: model.prediction: the stateless network needs context >= 2 and embed_dim a "
+                          f"multiple of 4, got context = {pred.context}, embed_dim = {pred.embed_dim}")
     check_loss_config(cfg.loss, cfg.model, source)
 
 

@@ -11,7 +11,8 @@ DIR receives:
   ``StreamState`` (``HybridASR.init_stream``) with the prefix ``state.``
   (``state.encoder.blocks.0.mixer.k`` …). Outputs: ``encoder_out`` (B, T', D),
   ``ctc_log_probs`` (B, T', V + 1) and ``new_<input name>`` for every state input.
-* ``predictor_step.onnx`` - tokens (B,) int64, h, c (B, layers, Hp) -> out (B, Dp), new_h, new_c.
+* ``predictor_step.onnx`` - tokens (B,) int64 and the prediction state (LSTM: h, c (B, layers, Hp);
+  stateless: history (B, context - 1) int64) -> out (B, Dp) and new_<name> for each state input.
 * ``joint.onnx`` - enc (B, De), pred (B, Dp) -> logits (B, V + 1) (both projections inside).
 * ``config.json`` (``{"model": ModelConfig}``, as in exported weights) and ``tokenizer.model``.
 
@@ -58,7 +59,6 @@ from torch.onnx import symbolic_helper
 from asrlib.checkpoint import write_config_and_tokenizer
 from asrlib.config import to_dict
 from asrlib.model import state as st
-from asrlib.model.heads import PredictionState
 from asrlib.model.hybrid import HybridASR
 from asrlib.paths import REPO
 
@@ -94,15 +94,21 @@ class EncoderStep(nn.Module):
 
 
 class PredictorStep(nn.Module):
-    """tokens (B,), h, c (B, layers, Hp) -> out (B, Dp), h, c."""
+    """tokens (B,), state tensors -> out (B, Dp), new state tensors.
+
+    The state is the prediction network's own dataclass, one ONNX input per field: ``h``, ``c``
+    (B, layers, Hp) for the LSTM, ``history`` (B, context - 1) token ids for the stateless network.
+    """
 
     def __init__(self, model: HybridASR):
         super().__init__()
         self.pred = model.prediction
+        self.template = type(model.prediction.init_state(1))
+        self.names = [f.name for f in dataclasses.fields(self.template)]
 
-    def forward(self, tokens: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out, new = self.pred.step(tokens, PredictionState(h=h, c=c))
-        return out, new.h, new.c
+    def forward(self, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        out, new = self.pred.step(tokens, self.template(*state))
+        return (out, *[getattr(new, n) for n in self.names])
 
 
 class JointStep(nn.Module):
@@ -198,10 +204,12 @@ def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::unfold", OPSET)
 
+    pstep = PredictorStep(m)
     ps = m.prediction.init_state(B)
     tokens = torch.full((B,), m.blank, dtype=torch.long)
-    _export_one(PredictorStep(m), (tokens, ps.h, ps.c), out / FILES[1], ["tokens", "h", "c"],
-                ["out", "new_h", "new_c"], {n: batch for n in ("tokens", "h", "c", "out", "new_h", "new_c")}, meta)
+    pins, pouts = ["tokens", *pstep.names], ["out", *[f"new_{n}" for n in pstep.names]]
+    _export_one(pstep, (tokens, *[getattr(ps, n) for n in pstep.names]), out / FILES[1], pins, pouts,
+                {n: batch for n in pins + pouts}, meta)
     enc, pred = torch.zeros(B, m.encoder.d_model), torch.zeros(B, m.prediction.out_dim)
     _export_one(JointStep(m), (enc, pred), out / FILES[2], ["enc", "pred"], ["logits"],
                 {n: batch for n in ("enc", "pred", "logits")}, meta)

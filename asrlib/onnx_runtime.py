@@ -22,6 +22,7 @@ Shapes: B streams, N samples, T' encoder frames, D encoder dim, Dp prediction di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from asrlib.config import ModelConfig, model_config_from_dict
 from asrlib.model import state as st
-from asrlib.model.heads import PredictionState
+from asrlib.model.heads import PredictionState, StatelessState
 from asrlib.model.hybrid import StreamingConstants
 
 _DTYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64, "tensor(int64)": torch.int64}
@@ -66,22 +67,34 @@ def _np(x: Tensor) -> np.ndarray:
 
 
 class OnnxPrediction:
-    """``predictor_step.onnx`` with the ``PredictionNet`` streaming interface (init_state, step)."""
+    """``predictor_step.onnx`` with the prediction network's streaming interface (init_state, step).
 
-    def __init__(self, session):
+    The state is the PyTorch network's dataclass (``PredictionState`` h, c for the LSTM,
+    ``StatelessState`` history for the stateless network), one ONNX input per field; an integer
+    state is a token history and starts as blanks, a float state starts as zeros.
+    """
+
+    def __init__(self, session, kind: str, blank: int):
         self.session = session
-        h = session.get_inputs()[1]  # (B, layers, Hp)
-        self.layers, self.hidden = int(h.shape[1]), int(h.shape[2])
+        self.blank = blank
+        self.state_type = {"lstm": PredictionState, "stateless": StatelessState}[kind]
+        self.inputs = session.get_inputs()[1:]  # the state, after "tokens"
+        names = [i.name for i in self.inputs]
+        if names != [f.name for f in dataclasses.fields(self.state_type)]:
+            raise ValueError(f"predictor_step.onnx has state inputs {names}, not those of a {kind} prediction "
+                             "network; re-export the model")
 
-    def init_state(self, batch: int, device: torch.device | str = "cpu") -> PredictionState:
-        z = torch.zeros(batch, self.layers, self.hidden)
-        return PredictionState(h=z, c=z.clone())
+    def init_state(self, batch: int, device: torch.device | str = "cpu"):
+        fill = [self.blank if _DTYPES[i.type] == torch.int64 else 0 for i in self.inputs]
+        return self.state_type(*[torch.full((batch, *[int(d) for d in i.shape[1:]]), f, dtype=_DTYPES[i.type])
+                                 for i, f in zip(self.inputs, fill)])
 
-    def step(self, tokens: Tensor, state: PredictionState) -> tuple[Tensor, PredictionState]:
+    def step(self, tokens: Tensor, state):
         """tokens (B,) + state -> out (B, Dp), new state."""
-        feed = {"tokens": _np(tokens).astype(np.int64), "h": _np(state.h), "c": _np(state.c)}
-        out, h, c = self.session.run(None, feed)
-        return torch.from_numpy(out), PredictionState(h=torch.from_numpy(h), c=torch.from_numpy(c))
+        feed = {"tokens": _np(tokens).astype(np.int64)}
+        feed.update({i.name: _np(getattr(state, i.name)) for i in self.inputs})
+        out, *new = self.session.run(None, feed)
+        return torch.from_numpy(out), self.state_type(*[torch.from_numpy(x) for x in new])
 
 
 class OnnxJoint:
@@ -123,7 +136,8 @@ class OnnxStreamingBackend:
         if self.state_names != info["state_names"]:
             raise ValueError(f"{self.dir}: encoder_step.onnx inputs do not match its metadata; re-export the model")
         self.output_names = ["encoder_out", "ctc_log_probs"] + [f"new_{n}" for n in self.state_names]
-        self.prediction = OnnxPrediction(_session(self.dir / "predictor_step.onnx", threads))
+        self.prediction = OnnxPrediction(_session(self.dir / "predictor_step.onnx", threads),
+                                         self.cfg.prediction.kind, self.constants.blank)
         self.joint = OnnxJoint(_session(self.dir / "joint.onnx", threads))
 
     def init_state(self, n: int) -> dict[str, Tensor]:

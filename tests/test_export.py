@@ -249,3 +249,24 @@ def test_cli_export_refuses_a_folder_holding_user_files(model, tmp_path, capsys)
     assert (out / "config.json").read_text() == "my config\n"
     assert (out / "tokenizer.model").read_text() == "my tokenizer\n"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "tokenizer.model"]
+
+
+def test_stateless_prediction_exports_and_streams(tmp_path, capsys):
+    """A stateless prediction network: its token-history state is an int64 ONNX input that starts as
+    blanks; onnxruntime's steps equal PyTorch's, and ``--verify`` decodes the same tokens."""
+    torch.manual_seed(4)
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["model.prediction.kind=stateless", "model.prediction.context=3"])
+    cfg.model.vocab_size = 16
+    model = build_model(cfg.model).eval()
+    weights = export_weights(model, tmp_path / "model", TOKENIZER)
+    assert main(["--checkpoint", str(weights), "--out", str(tmp_path / "onnx"), "--verify"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["tokens_equal"]
+    pred = OnnxStreamingBackend(tmp_path / "onnx", threads=1).prediction
+    state, ref_state = pred.init_state(2), model.prediction.init_state(2)
+    assert torch.equal(state.history, ref_state.history)
+    with torch.no_grad():
+        for tokens in (torch.tensor([16, 16]), torch.tensor([3, 0]), torch.tensor([7, 7]), torch.tensor([1, 15])):
+            out, state = pred.step(tokens, state)
+            ref, ref_state = model.prediction.step(tokens, ref_state)
+            assert float((out - ref).abs().max()) < TOL and torch.equal(state.history, ref_state.history)

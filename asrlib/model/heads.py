@@ -73,6 +73,63 @@ class PredictionNet(nn.Module):
         return out[:, 0], PredictionState(h=h.transpose(0, 1), c=c.transpose(0, 1))
 
 
+@dataclass
+class StatelessState:
+    """The last ``context - 1`` tokens the stateless prediction network has seen: (B, context - 1)."""
+
+    history: Tensor
+
+
+class StatelessPredictionNet(nn.Module):
+    """Embedding + a causal convolution over the last ``context`` tokens; no recurrence.
+
+    The prediction network of icefall's "stateless" transducers (Ghodsi et al. 2020): the output
+    after token u sees only tokens u - context + 1 .. u, so it cannot learn whole spellings by heart
+    the way an LSTM over the full history can, and one step costs an embedding lookup and a
+    (context x E) convolution. Positions before the start are blanks (the start symbol), both in
+    ``forward`` and in ``step``, so the two agree exactly.
+
+    forward: targets (B, U) -> (B, U + 1, E); output u has seen tokens < u.
+    step:    tokens (B,) + state -> (B, E), state.
+    """
+
+    def __init__(self, vocab_size: int, cfg: PredictionConfig):
+        super().__init__()
+        if cfg.context < 2:
+            raise ValueError(f"model.prediction.context must be >= 2 for the stateless network, got {cfg.context}")
+        if cfg.embed_dim % 4:
+            raise ValueError(f"model.prediction.embed_dim must be a multiple of 4 for the stateless network, "
+                             f"got {cfg.embed_dim}")
+        self.blank = vocab_size
+        self.context = cfg.context
+        self.embed = nn.Embedding(vocab_size + 1, cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        # groups of 4 channels: each output channel mixes 4 embedding channels over the context
+        self.conv = nn.Conv1d(cfg.embed_dim, cfg.embed_dim, kernel_size=cfg.context, groups=cfg.embed_dim // 4)
+        self.out_dim = cfg.embed_dim
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> StatelessState:
+        return StatelessState(history=torch.full((batch, self.context - 1), self.blank, dtype=torch.long, device=device))
+
+    def _convolve(self, tokens: Tensor) -> Tensor:
+        """(B, L + context - 1) tokens -> (B, L, E): the convolution over each window of ``context``."""
+        x = self.dropout(self.embed(tokens)).transpose(1, 2)  # (B, E, L + context - 1)
+        return torch.relu(self.conv(x)).transpose(1, 2)
+
+    def forward(self, targets: Tensor) -> Tensor:
+        start = torch.full_like(targets[:, :1], self.blank).expand(-1, self.context)
+        return self._convolve(torch.cat([start, targets], dim=1))  # (B, U + 1, E)
+
+    def step(self, tokens: Tensor, state: StatelessState) -> tuple[Tensor, StatelessState]:
+        window = torch.cat([state.history, tokens[:, None]], dim=1)  # (B, context)
+        return self._convolve(window)[:, 0], StatelessState(history=window[:, 1:])
+
+
+def build_prediction(vocab_size: int, cfg: PredictionConfig) -> PredictionNet | StatelessPredictionNet:
+    """The prediction network ``model.prediction.kind`` names."""
+    return {"lstm": PredictionNet, "stateless": StatelessPredictionNet}[cfg.kind](vocab_size, cfg)
+
+
 class Joint(nn.Module):
     """RNN-T joint: act(W_e enc + W_p pred) -> Linear -> logits over V + 1.
 

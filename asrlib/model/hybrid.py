@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from asrlib.config import ModelConfig
 from asrlib.model.encoder import Encoder, EncoderState
 from asrlib.model.frontend import Frontend, FrontendCache
-from asrlib.model.heads import CTCHead, Joint, PredictionNet, SimpleProjections
+from asrlib.model.heads import CTCHead, Joint, SimpleProjections, build_prediction
 
 
 @dataclass
@@ -62,7 +62,7 @@ class HybridASR(nn.Module):
         self.encoder = Encoder(cfg.frontend, cfg.subsampling, cfg.encoder)
         d = cfg.encoder.d_model
         self.ctc_head = CTCHead(d, cfg.vocab_size)
-        self.prediction = PredictionNet(cfg.vocab_size, cfg.prediction)
+        self.prediction = build_prediction(cfg.vocab_size, cfg.prediction)
         self.joint = Joint(d, self.prediction.out_dim, cfg.vocab_size, cfg.joint)
         # training-only projections of the pruned RNN-T loss; None unless the config asks for them
         self.simple = SimpleProjections(d, self.prediction.out_dim, cfg.vocab_size) if cfg.joint.simple_projections else None
