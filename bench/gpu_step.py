@@ -186,6 +186,7 @@ def main() -> int:
         torch.compile = functools.partial(torch.compile, backend=args.compile_backend)
     device = torch.device(args.device)
     if device.type == "cuda":
+        device = torch.device("cuda", device.index or 0)  # set_device needs an index: "cuda" alone is refused
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here; TF32 would be a 4th mode
     out = tempfile.mkdtemp(prefix="asrlib-gpu-step-")
@@ -221,6 +222,7 @@ def main() -> int:
             modes[mode] = run_mode(mode, args, base_over, device, batch, flops, peak)
         except Exception as e:  # one failing mode (out of memory, a compile error) must not hide the others
             modes[mode] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+        print(json.dumps({"mode": mode, **modes[mode]}), file=sys.stderr, flush=True)  # survives a timeout
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(json.dumps({

@@ -8,7 +8,8 @@ fresh folder under ``--work`` (deleted afterwards unless ``--keep``), evaluated 
 config's validation manifest every ``--eval-every`` steps. For each seed the script reads
 ``metrics.jsonl`` and reports the first evaluated step at which dev WER (CTC and RNN-T greedy)
 is below 90 %, and the WER at every evaluation; over seeds, the median and the range.
-``--parallel`` runs that many seeds at once (one per core).
+``--parallel`` runs that many seeds at once (one per core). ``--timeout-s`` stops the runs still
+going at a deadline and reports their curves so far (``stopped_at_timeout``).
 
 Prints one JSON object: {"label", "config", "overrides", "steps", "seeds": {seed: {...}},
 "median": {...}, "range": {...}, "minutes"}.
@@ -39,7 +40,8 @@ def first_below(rows: list[dict], suffix: str, level: float = 0.9) -> int | None
 
 
 def summarise(out: Path) -> dict:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     valid = [r for r in rows if r["split"] == "valid"]
     train = [r for r in rows if r["split"] == "train"]
     wer_keys = sorted({k for r in valid for k in r if k.endswith(("wer_ctc", "wer_rnnt"))})
@@ -47,6 +49,7 @@ def summarise(out: Path) -> dict:
     for k in wer_keys:
         res[f"steps_to_90:{k}"] = first_below(valid, k)
         res[f"final:{k}"] = round(100 * valid[-1][k], 2) if valid else None
+    res["last_eval_step"] = int(valid[-1]["step"]) if valid else None
     if train:
         res["audio_seconds_per_second"] = round(train[-1].get("audio_seconds_per_second", 0.0), 2)
     return res
@@ -84,16 +87,32 @@ def main() -> int:
     p.add_argument("--label", default="")
     p.add_argument("--work", default="")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--timeout-s", type=float, default=0.0,
+                   help="stop every run after this many seconds (SIGTERM: each saves and exits) and report "
+                        "the curves so far; runs compare at equal steps, not at their last ones")
     args = p.parse_args()
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="learning_start_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pending, running, failed = list(args.seeds), {}, []
+    pending, running, failed, stopped = list(args.seeds), {}, [], []
+    deadline = t0 + args.timeout_s if args.timeout_s else float("inf")
     while pending or running:
-        while pending and len(running) < args.parallel:
+        while pending and len(running) < args.parallel and time.perf_counter() < deadline:
             s = pending.pop(0)
             running[s] = run_seed(args, s, work)
+        if time.perf_counter() >= deadline:  # stop what runs (the trainer saves and exits 143), keep its curve
+            for s, proc in running.items():
+                proc.terminate()
+            for s, proc in running.items():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                stopped.append(s)
+            failed += pending  # never started
+            pending, running = [], {}
+            break
         time.sleep(1.0)
         for s, proc in list(running.items()):
             if proc.poll() is not None:
@@ -103,9 +122,12 @@ def main() -> int:
     seeds = {}
     for s in args.seeds:
         if s in failed:
-            seeds[str(s)] = {"error": (work / f"seed{s}.log").read_text()[-2000:]}
+            log = work / f"seed{s}.log"
+            seeds[str(s)] = {"error": log.read_text()[-2000:] if log.exists() else "not started before --timeout-s"}
         else:
             seeds[str(s)] = summarise(work / f"seed{s}")
+            if s in stopped:
+                seeds[str(s)]["stopped_at_timeout"] = True
     ok = [v for v in seeds.values() if "error" not in v]
     median, spread = {}, {}
     for key in sorted({k for v in ok for k in v if k.startswith(("steps_to_90", "final"))}):

@@ -9,6 +9,8 @@
 #   TORCH_INDEX_URL  PyTorch wheel index (default https://download.pytorch.org/whl/cu128)
 #   GPU_CHECK_VENV   venv folder (default .gpu-venv; reused when it already has a CUDA torch)
 #   WITH_MAMBA_SSM=1 also pip install asrlib[cuda] (mamba-ssm; can take long to build)
+#   GPU_CHECK_PYTHON an interpreter that already has a CUDA PyTorch and asrlib's dependencies: no venv,
+#                    no network (T_TEST / T_BENCH: the phases' timeouts in seconds, default 150 / 240)
 #   PYTHON           interpreter for the venv (default python3; for --dry-run, the one to run with,
 #                    default .venv/bin/python when present)
 #   STEPS, WARMUP    timed / untimed steps per mode (default 6 / 2; the compiled mode compiles in its warm-up)
@@ -31,6 +33,17 @@ if [[ $DRY == 1 ]]; then
          --steps "${STEPS:-2}" --warmup "${WARMUP:-2}" --peak-tflops 1.0
          --modes fp32 bf16 bf16+compile --compile-backend aot_eager)  # inductor on a CPU: minutes per graph
   T_TEST=300; T_BENCH=900
+elif [[ -n ${GPU_CHECK_PYTHON:-} ]]; then
+  # a machine whose Python already has a CUDA PyTorch (and asrlib's other dependencies): no install
+  PY=$GPU_CHECK_PYTHON
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' \
+    || { echo "{\"error\": \"GPU_CHECK_PYTHON=$PY has no CUDA PyTorch\"}"; exit 1; }
+  log "using $PY ($("$PY" -c 'import torch; print("torch", torch.__version__)')): no install"
+  DEVICE=cuda
+  BENCH=(--config configs/seed_large.toml --device cuda --steps "${STEPS:-6}" --warmup "${WARMUP:-2}"
+         --modes fp32 bf16 bf16+compile)
+  T_TEST=${T_TEST:-150}; T_BENCH=${T_BENCH:-240}
 else
   VENV=${GPU_CHECK_VENV:-.gpu-venv}
   PY=$VENV/bin/python
@@ -75,7 +88,10 @@ counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|desele
 try:
     step = json.loads(Path(out, "step.json").read_text())
 except (OSError, ValueError):
-    step = {"error": f"bench/gpu_step.py exit {bench_rc}: " + " | ".join(Path(out, "step.err").read_text().splitlines()[-3:])}
+    err = Path(out, "step.err").read_text().splitlines()
+    done = [json.loads(l) for l in err if l.startswith('{"mode"')]  # the modes finished before a timeout
+    step = {"error": f"bench/gpu_step.py exit {bench_rc}: " + " | ".join(err[-3:]),
+            "modes": {m.pop("mode"): m for m in done}}
 print(json.dumps({"gpu_check": "dry-run (CPU, tiny)" if dry == "1" else "GPU", "device": device,
                   "pytest_cuda": {"exit_code": int(test_rc), "counts": counts, "summary": summary},
                   "train_steps": step, "total_seconds": int(seconds),

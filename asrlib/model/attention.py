@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from asrlib.config import AttentionConfig
 from asrlib.model.chunk_windows import chunk_windows, num_chunks, pad_time_to_chunks, window_key_mask
 from asrlib.model.masks import chunk_mask, key_padding_mask, stream_key_mask
-from asrlib.model.rope import RotaryEmbedding
+from asrlib.model.rope import RotaryEmbedding, rotate
 
 
 @dataclass
@@ -89,7 +89,8 @@ class GroupedQueryAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, P).transpose(1, 2)  # (B, H, T, P)
         kv = self.kv_proj(x).view(B, T, 2, self.n_kv, P)  # (B, T, 2, K, P)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, K, T, P) each
-        return self.rope(q, positions), self.rope(k, positions), v
+        cos, sin = self.rope.cos_sin(positions, q.dtype)  # the same angles for queries and keys
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
 
     def _expand_groups(self, k: Tensor) -> Tensor:
         """(…, K, S, P) -> (…, H, S, P): each kv group repeated for its H / K query heads (a copy)."""

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from asrlib.config import EncoderConfig
 from asrlib.model.attention import AttentionCache, GroupedQueryAttention
 from asrlib.model.conv import ConvCache, ConvModule
+from asrlib.model.dropout import Dropout
 from asrlib.model.ffn import SwiGLU, swiglu_hidden
 from asrlib.model.mamba2 import Mamba2Cache, Mamba2Mixer
 from asrlib.model.norm import RMSNorm
@@ -60,7 +61,7 @@ class ConformerBlock(nn.Module):
             raise ValueError(f"unknown mixer {mixer!r}: expected 'gqa' or 'mamba2'")
         self.conv_norm, self.conv = RMSNorm(d), ConvModule(d, cfg.conv, cfg.dropout)
         self.ffn2_norm, self.ffn2 = RMSNorm(d), SwiGLU(d, hidden, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         x = x + 0.5 * self.ffn1(self.ffn1_norm(x))

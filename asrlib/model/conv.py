@@ -22,6 +22,7 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from asrlib.config import ConvModuleConfig
+from asrlib.model.dropout import Dropout
 from asrlib.model.norm import RMSNorm
 
 
@@ -52,7 +53,7 @@ class ConvModule(nn.Module):
             raise ValueError(f"encoder.conv.norm must be 'layernorm' or 'rmsnorm', got {cfg.norm!r}")
         self.act = nn.SiLU()
         self.pw_out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _glu(self, x: Tensor) -> Tensor:
         return F_.glu(self.pw_in(x), dim=-1).transpose(1, 2)  # (B, T, 2D) -> (B, T, D) -> (B, D, T)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
+from asrlib.model.dropout import Dropout
+
 
 def swiglu_hidden(d_model: int, ffn_mult: float) -> int:
     """round(ffn_mult * d_model * 2 / 3), rounded up to a multiple of 8.
@@ -30,7 +32,7 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(d_model, hidden, bias=False)
         self.up = nn.Linear(d_model, hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.down(F_.silu(self.gate(x)) * self.up(x)))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from asrlib.config import JointConfig, PredictionConfig
+from asrlib.model.dropout import Dropout
 
 
 class CTCHead(nn.Module):
@@ -52,7 +53,7 @@ class PredictionNet(nn.Module):
         self.blank = vocab_size
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size + 1, cfg.embed_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True)
         self.out_dim = cfg.hidden
 
@@ -103,7 +104,7 @@ class StatelessPredictionNet(nn.Module):
         self.blank = vocab_size
         self.context = cfg.context
         self.embed = nn.Embedding(vocab_size + 1, cfg.embed_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         # groups of 4 channels: each output channel mixes 4 embedding channels over the context
         self.conv = nn.Conv1d(cfg.embed_dim, cfg.embed_dim, kernel_size=cfg.context, groups=cfg.embed_dim // 4)
         self.out_dim = cfg.embed_dim

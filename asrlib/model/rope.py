@@ -10,8 +10,7 @@ every stream of a batch sits at its own offset (streaming: ``pos + arange(Tc)``)
 computed in FLOAT64 from the integer positions and only cos/sin are cast to the input's dtype:
 in float32 the angle ``pos * w`` itself would be off by ~1e-7 * pos radians (1e-4 at frame
 1000, 1e-2 after an hour of streaming), breaking the relative-position property. The
-frequencies are recomputed on the fly (P/2 numbers) rather than stored as a buffer, so that
-``model.half()`` or ``.float()`` cannot round them.
+frequencies are not a buffer, so that ``model.half()`` or ``.float()`` cannot round them.
 
 Shapes: B batch, H heads, T time, P head dim (even).
 """
@@ -33,26 +32,50 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotate ``x`` (B, H, T, P) by ``positions`` (T,) or (B, T) (integer frames)."""
+def rope_cos_sin(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype,
+                 inv_freq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """cos, sin (B|1, 1, T, P) of the angles for ``positions`` (T,) or (B, T), computed in float64."""
     pos = positions.to(torch.float64)
     if pos.dim() == 1:
         pos = pos[None, :]  # (1, T)
-    freq = rope_inv_freq(x.shape[-1], base, pos.device)  # (P/2,)
-    angles = pos[:, :, None] * freq[None, None, :]  # (B|1, T, P/2)
+    freq = rope_inv_freq(head_dim, base, pos.device) if inv_freq is None else inv_freq  # (P/2,)
+    angles = pos[:, :, None] * freq  # (B|1, T, P/2)
     angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B|1, 1, T, P)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x`` (B, H, T, P) rotated by the angles whose cos/sin (B|1, 1, T, P) are given."""
     return x * cos + rotate_half(x) * sin
 
 
+def apply_rope(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotate ``x`` (B, H, T, P) by ``positions`` (T,) or (B, T) (integer frames)."""
+    return rotate(x, *rope_cos_sin(positions, x.shape[-1], base, x.dtype))
+
+
 class RotaryEmbedding(nn.Module):
-    """``apply_rope`` as a module (no parameters, no buffers: nothing to save or cast)."""
+    """``apply_rope`` as a module (no parameters, no buffers: nothing to save or cast).
+
+    ``cos_sin`` once, then ``rotate`` for queries and keys alike: the angles are the same for both.
+    The float64 frequencies are kept per device as a plain attribute (not a buffer, so no cast
+    reaches them), which saves recomputing P/2 powers on every call of a streaming step.
+    """
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension (d_model / n_heads), got {head_dim}")
         self.head_dim, self.base = head_dim, base
+        self._freq: dict[torch.device, Tensor] = {}
+
+    def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        freq = self._freq.get(positions.device)
+        if freq is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            freq = rope_inv_freq(self.head_dim, self.base, positions.device)  # traced graphs compute it inline
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                self._freq[positions.device] = freq
+        return rope_cos_sin(positions, self.head_dim, self.base, dtype, freq)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        return apply_rope(x, positions, self.base)
+        return rotate(x, *self.cos_sin(positions, x.dtype))

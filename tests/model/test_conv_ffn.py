@@ -120,6 +120,7 @@ def test_rmsnorm_formula():
     ref = torch.stack([v / (v.pow(2).sum() / D + 1e-6) ** 0.5 for v in x.reshape(-1, D)]).reshape(x.shape) * n.weight
     torch.testing.assert_close(n(x), ref)
     assert n.weight.requires_grad
+    torch.testing.assert_close(n.float()(x.float()).double(), ref, atol=1e-5, rtol=1e-5)  # float32: the fused path
     xb = x.float().bfloat16()
     got = n.float()(xb)
     assert got.dtype == torch.bfloat16
