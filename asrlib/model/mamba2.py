@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from asrlib.config import Mamba2Config
 from asrlib.model.norm import RMSNorm
-from asrlib.model.ssd import expand_groups, ssd_chunked
+from asrlib.model.ssd import ssd_chunked, ssd_one_chunk
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,15 +204,9 @@ class Mamba2Mixer(nn.Module):
         xbc = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, Tc, Cv)
         x, dt, A, b, c = self._ssm_inputs(xbc, dt_raw)
         h = state.ssm.to(dt.dtype)  # (B, H, P, N)
-        if tc == 1:  # the recurrence itself (a branch on a shape, not on tensor values)
-            b1 = expand_groups(b, self.n_heads)[:, 0].to(h.dtype)  # (B, H, N)
-            c1 = expand_groups(c, self.n_heads)[:, 0].to(h.dtype)  # (B, H, N)
-            decay = torch.exp(dt[:, 0] * A)[:, :, None, None]  # (B, H, 1, 1)
-            xdt = x[:, 0].to(h.dtype) * dt[:, 0, :, None]  # (B, H, P)
-            h = decay * h + xdt[..., None] * b1[:, :, None, :]  # (B, H, P, N)
-            y = (h * c1[:, :, None, :]).sum(-1)[:, None]  # (B, 1, H, P)
+        if tc <= self.cfg.chunk_size:  # a streaming chunk (a branch on a shape, not on tensor values)
+            y, h = ssd_one_chunk(x.to(dt.dtype), dt, A, b, c, initial_state=h)  # (B, Tc, H, P)
         else:
-            q = min(self.cfg.chunk_size, tc)
-            y, h = ssd_chunked(x.to(dt.dtype), dt, A, b, c, q, initial_state=h)  # (B, Tc, H, P)
+            y, h = ssd_chunked(x.to(dt.dtype), dt, A, b, c, self.cfg.chunk_size, initial_state=h)
         new_state = Mamba2Cache(conv=new_conv.to(state.conv.dtype), ssm=h.to(state.ssm.dtype))
         return self._output(y, x, z), new_state

@@ -6,7 +6,8 @@ The state-space recurrence, per batch item and head h (state h_t is a P x N matr
     y_t = h_t C_t                                            (C_t: N,  y_t: P)
 
 ``ssd_sequential`` runs this loop frame by frame: obviously right, slow. ``ssd_chunked``
-computes the same numbers with a few large matrix products (the "state-space duality"):
+computes the same numbers with a few large matrix products (the "state-space duality"), and
+``ssd_one_chunk`` does so for a sequence that fits one chunk (the streaming step):
 
 1. split time into chunks of Q frames;
 2. inside a chunk, y is a masked attention-like product  y_l = sum_{s<=l} (C_l.B_s) L_ls dt_s x_s
@@ -128,6 +129,29 @@ def ssd_chunked(
     y = (y_intra + y_inter).reshape(bsz, k * q, h, p)[:, :t]  # (B, T, H, P)
     return y.to(out_dtype), final_state
 
+
+def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B_: Tensor, C: Tensor,
+                  initial_state: Tensor) -> tuple[Tensor, Tensor]:
+    """``ssd_chunked`` for a sequence that is one chunk (a streaming step), as plain batched
+    matrix products over (B, H): steps 2, 3 and 5 above with K = 1 and no padding, and the
+    state update of step 4 written out. The same numbers in about half the operations, since
+    the chunk-level recurrence and the padding vanish; the same signature as ``ssd_chunked``
+    less ``chunk_size`` (any T >= 1: the whole input is the chunk)."""
+    h = x.shape[2]
+    out_dtype = x.dtype
+    cd = _compute_dtype(x)
+    x, dt, A, B_, C = (v.to(cd) for v in (x, dt, A, B_, C))
+    state = initial_state.to(cd)  # (B, H, P, N)
+    Bh = expand_groups(B_, h).transpose(1, 2)  # (B, H, T, N)
+    Ch = expand_groups(C, h).transpose(1, 2)  # (B, H, T, N)
+    a_cum = (dt * A).transpose(1, 2).cumsum(-1)  # (B, H, T): log-decay from the chunk start to frame l
+    xdt = (x * dt[..., None]).transpose(1, 2)  # (B, H, T, P)
+    decay = torch.exp(segsum((dt * A).transpose(1, 2)))  # (B, H, T, T): frame s -> frame l
+    y = ((Ch @ Bh.transpose(-1, -2)) * decay) @ xdt  # (B, H, T, P): inside the chunk
+    y = y + (Ch @ state.transpose(-1, -2)) * torch.exp(a_cum)[..., None]  # + the entering state, decayed
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)[..., None]  # (B, H, T, 1): frame s -> end of the chunk
+    final = torch.exp(a_cum[..., -1])[..., None, None] * state + (xdt * to_end).transpose(-1, -2) @ Bh
+    return y.transpose(1, 2).to(out_dtype), final  # (B, T, H, P), (B, H, P, N)
 
 def ssd_sequential(
     x: Tensor,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asrlib.model.ssd import expand_groups, segsum, ssd_chunked, ssd_sequential
+from asrlib.model.ssd import expand_groups, segsum, ssd_chunked, ssd_one_chunk, ssd_sequential
 
 H, P, N = 4, 3, 5
 
@@ -126,3 +126,18 @@ def test_padding_frames_do_not_touch_final_state():
     _, s_ref = ssd_sequential(x, dt, A, B, C)
     _, s = ssd_chunked(x, dt, A, B, C, 16)
     assert torch.allclose(s, s_ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("t", [1, 2, 8, 32])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_one_chunk_matches_sequential(t, groups):
+    """The streaming step's single-chunk form: outputs and final state of the plain recurrence,
+    from a non-zero entering state, in float64 and float32 (and float32 out for float32 in)."""
+    x, dt, A, B, C, h0 = _inputs(t, groups, seed=4)
+    y_ref, s_ref = ssd_sequential(x, dt, A, B, C, 0, h0)
+    y, s = ssd_one_chunk(x, dt, A, B, C, h0)
+    assert y.shape == (2, t, H, P) and s.shape == (2, H, P, N)
+    assert torch.allclose(y, y_ref, atol=1e-10, rtol=0) and torch.allclose(s, s_ref, atol=1e-10, rtol=0)
+    y32, s32 = ssd_one_chunk(*(v.float() for v in (x, dt, A, B, C, h0)))
+    assert y32.dtype == torch.float32
+    assert torch.allclose(y32.double(), y_ref, atol=1e-4) and torch.allclose(s32.double(), s_ref, atol=1e-4)
