@@ -2,9 +2,9 @@
 
 H query heads share K key/value groups (H a multiple of K): query head ``h`` reads group
 ``h // (H / K)``. K = H is ordinary multi-head attention, K = 1 multi-query attention. SDPA's
-``enable_gqa`` flag is avoided because it does not export to ONNX everywhere: ``step`` and
-``forward_dense`` expand the k/v groups to H heads explicitly (expand + reshape); ``forward``
-instead stacks the G = H / K query heads of a group along the query axis.
+``enable_gqa`` flag is avoided because it does not export to ONNX everywhere: instead the
+G = H / K query heads of a group are stacked along the query axis (a reshape), so every path
+attends with K heads of G * Tq queries and the keys and values are never copied per head.
 
 Training (``forward``) is computed chunk by chunk: the queries of each chunk of
 ``chunk_size`` frames attend to the window of their own and their ``left_chunks`` previous
@@ -92,12 +92,6 @@ class GroupedQueryAttention(nn.Module):
         cos, sin = self.rope.cos_sin(positions, q.dtype)  # the same angles for queries and keys
         return rotate(q, cos, sin), rotate(k, cos, sin), v
 
-    def _expand_groups(self, k: Tensor) -> Tensor:
-        """(…, K, S, P) -> (…, H, S, P): each kv group repeated for its H / K query heads (a copy)."""
-        *lead, K, S, P = k.shape
-        G = self.n_heads // K  # query heads per kv group
-        return k.unsqueeze(-3).expand(*lead, K, G, S, P).flatten(-4, -3)  # (…, H, S, P)
-
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """q (X, Hx, Tq, P), k/v (X, Hx, S, P), mask (X|1, 1, Tq, S) bool -> (X, Hx, Tq, P).
 
@@ -107,10 +101,17 @@ class GroupedQueryAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (X, H, Tq, P)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """q (B, H, Tq, P), k/v (B, K, S, P), mask (B|1, 1, Tq, S) bool -> (B, Tq, D)."""
+        """q (B, H, Tq, P), k/v (B, K, S, P), mask (B|1, 1, Tq|1, S) bool -> (B, Tq, D).
+
+        As in ``forward``, the G = H / K query heads of a group are stacked along the query
+        axis (head h = k * G + g), so the keys and values are read once per group, never copied."""
         B, H, Tq, P = q.shape
-        y = self._sdpa(q, self._expand_groups(k), self._expand_groups(v), mask)  # (B, H, Tq, P)
-        y = y.transpose(1, 2).reshape(B, Tq, H * P)  # (B, Tq, H*P)
+        K = self.n_kv
+        G = H // K
+        if mask.shape[-2] != 1:  # one mask row per query: repeat the rows for the G stacked heads
+            mask = mask.repeat(1, 1, G, 1)  # (B|1, 1, G*Tq, S)
+        y = self._sdpa(q.reshape(B, K, G * Tq, P), k, v, mask)  # (B, K, G*Tq, P)
+        y = y.view(B, H, Tq, P).transpose(1, 2).reshape(B, Tq, H * P)  # (B, Tq, H*P)
         return self.out_proj(y)
 
     # ------------------------------------------------------------------ training path
