@@ -5,8 +5,9 @@
 
 * STFT with ``center=False``: frame t covers samples ``[t*hop, t*hop + win)``; no padding,
   so an utterance of S samples has ``(S - win) // hop + 1`` frames (0 when S < win).
-* The DFT is a fixed matrix product on the frames (``unfold`` then ``@`` a windowed cos/sin
-  kernel, a buffer, not a parameter): exports to ONNX, deterministic, no complex numbers.
+* The DFT of each windowed frame is ``torch.fft.rfft``; the ONNX export computes the same
+  numbers as a fixed matrix product (``unfold`` then ``@`` a windowed cos/sin kernel, a buffer,
+  not a parameter), which exports everywhere and needs no complex numbers.
 * The whole frontend computes in float64 and returns the mel weight's dtype (float32).
   In float32 a high bin of a quiet or band-limited signal (e.g. 8 kHz audio resampled to 16 kHz)
   is a sum of large terms that cancel to ~1e-6, i.e. pure round-off; after the log, two
@@ -117,6 +118,7 @@ class Frontend(nn.Module):
         window = periodic_hann(win)
         kernel = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window], dim=0)  # (2F, win)
         self.register_buffer("dft_kernel", kernel.T.contiguous(), persistent=False)  # (win, 2F) float64
+        self.register_buffer("window", window, persistent=False)  # (win,) float64, for the FFT path
         self.mel = nn.Linear(n_freq, cfg.n_mels, bias=False)
         with torch.no_grad():
             self.mel.weight.copy_(mel_filterbank(n_freq, cfg.n_mels, sr, cfg.f_min, cfg.f_max))
@@ -152,8 +154,12 @@ class Frontend(nn.Module):
     def _magnitude64(self, audio: Tensor) -> Tensor:
         """(B, S) with S >= win -> |STFT| (B, T, F) in float64."""
         frames = audio.to(torch.float64).unfold(-1, self._win, self._hop)  # (B, T, win)
-        spec = frames @ self.dft_kernel.to(torch.float64)  # (B, T, 2F)
-        re, im = spec[..., : self.n_freq], spec[..., self.n_freq :]  # (B, T, F) each
+        if torch.jit.is_tracing():  # the ONNX export: a matrix product (onnxruntime has no float64 DFT)
+            spec = frames @ self.dft_kernel.to(torch.float64)  # (B, T, 2F)
+            re, im = spec[..., : self.n_freq], spec[..., self.n_freq :]  # (B, T, F) each
+        else:  # the same DFT by FFT: 8x fewer operations than the matrix product at win = 400
+            spec = torch.fft.rfft(frames * self.window.to(torch.float64), dim=-1)  # (B, T, F) complex
+            re, im = spec.real, spec.imag
         return torch.sqrt(re * re + im * im + _MAG_TINY)
 
     def magnitude(self, audio: Tensor) -> Tensor:

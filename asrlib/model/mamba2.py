@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrlib.config import Mamba2Config
+from asrlib.model.conv import depthwise_step
 from asrlib.model.norm import RMSNorm
 from asrlib.model.ssd import ssd_chunked, ssd_one_chunk
 
@@ -201,7 +202,7 @@ class Mamba2Mixer(nn.Module):
         z, xbc, dt_raw = self._split_proj(u)
         window = torch.cat([state.conv.to(xbc.dtype), xbc.transpose(1, 2)], dim=2)  # (B, Cv, W - 1 + Tc)
         new_conv = window[:, :, window.shape[2] - (self.cfg.d_conv - 1) :]  # (B, Cv, W - 1)
-        xbc = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, Tc, Cv)
+        xbc = F.silu(depthwise_step(self.conv1d, window)).transpose(1, 2)  # (B, Tc, Cv)
         x, dt, A, b, c = self._ssm_inputs(xbc, dt_raw)
         h = state.ssm.to(dt.dtype)  # (B, H, P, N)
         if tc <= self.cfg.chunk_size:  # a streaming chunk (a branch on a shape, not on tensor values)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asrlib.config import FrontendConfig
-from asrlib.model.frontend import Frontend
+from asrlib.model.frontend import _MAG_TINY, Frontend
 
 
 def np_stft_mag(x: np.ndarray, win: int, hop: int) -> np.ndarray:
@@ -224,3 +224,17 @@ def test_normalize_standardises_each_bin_and_streams_exactly():
     assert {"feat_mean", "feat_std"} <= set(fe.state_dict())  # saved with the weights
     with pytest.raises(ValueError, match="normalize = false"):
         raw.set_normalization(mean, std)
+
+
+def test_export_dft_matches_fft(monkeypatch):
+    """The ONNX export computes the STFT as a matrix product, PyTorch by FFT: both against numpy."""
+    fe = Frontend(FrontendConfig(sample_rate=16000))
+    x = torch.randn(2, 16000, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 0.1
+    ref = np.stack([np_stft_mag(v.numpy(), fe.win_length, fe.hop_length) for v in x])  # (B, F, T)
+    fft = fe._magnitude64(x).transpose(1, 2).numpy()
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    matmul = fe._magnitude64(x).transpose(1, 2).numpy()
+    tiny = math.sqrt(_MAG_TINY)  # the floor inside the square root moves a magnitude by at most this
+    np.testing.assert_allclose(fft, ref, rtol=1e-9, atol=tiny)
+    np.testing.assert_allclose(matmul, ref, rtol=1e-9, atol=tiny)
+    np.testing.assert_allclose(fft, matmul, rtol=1e-9, atol=1e-12)
