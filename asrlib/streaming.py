@@ -85,6 +85,22 @@ def _eval_mode(model: torch.nn.Module):
             model.train()
 
 
+class _EvalPrediction:
+    """A prediction network stepped in eval mode (no dropout on its embeddings) and without
+    autograd, whatever mode its model is in: the decoders call it between encoder steps."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> Any:
+        return self.net.init_state(batch, device)
+
+    @torch.inference_mode()
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        with _eval_mode(self.net):
+            return self.net.step(tokens, state)
+
+
 class TorchStreamingBackend:
     """The PyTorch model as a streaming backend: ``HybridASR.stream_step`` on selected rows."""
 
@@ -96,7 +112,7 @@ class TorchStreamingBackend:
                              "the device unset to stream where the model is")
         self.model = model
         self.constants = model.streaming
-        self.prediction, self.joint = model.prediction, model.joint
+        self.prediction, self.joint = _EvalPrediction(model.prediction), model.joint
 
     def init_state(self, n: int) -> Any:
         return self.model.init_stream(n, self.device)
