@@ -70,10 +70,11 @@ class RotaryEmbedding(nn.Module):
         self._freq: dict[torch.device, Tensor] = {}
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        freq = self._freq.get(positions.device)
-        if freq is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            freq = rope_inv_freq(self.head_dim, self.base, positions.device)  # traced graphs compute it inline
-            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # a graph computes it inline
+        freq = None if tracing else self._freq.get(positions.device)
+        if freq is None:
+            freq = rope_inv_freq(self.head_dim, self.base, positions.device)
+            if not tracing:
                 self._freq[positions.device] = freq
         return rope_cos_sin(positions, self.head_dim, self.base, dtype, freq)
 
