@@ -144,14 +144,16 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B_: Tensor, C: Tensor,
     state = initial_state.to(cd)  # (B, H, P, N)
     Bh = expand_groups(B_, h).transpose(1, 2)  # (B, H, T, N)
     Ch = expand_groups(C, h).transpose(1, 2)  # (B, H, T, N)
-    a_cum = (dt * A).transpose(1, 2).cumsum(-1)  # (B, H, T): log-decay from the chunk start to frame l
+    a = (dt * A).transpose(1, 2)  # (B, H, T): log-decay per frame
+    a_cum = a.cumsum(-1)  # (B, H, T): log-decay from the chunk start to frame l
     xdt = (x * dt[..., None]).transpose(1, 2)  # (B, H, T, P)
-    decay = torch.exp(segsum((dt * A).transpose(1, 2)))  # (B, H, T, T): frame s -> frame l
+    decay = torch.exp(segsum(a))  # (B, H, T, T): frame s -> frame l
     y = ((Ch @ Bh.transpose(-1, -2)) * decay) @ xdt  # (B, H, T, P): inside the chunk
     y = y + (Ch @ state.transpose(-1, -2)) * torch.exp(a_cum)[..., None]  # + the entering state, decayed
     to_end = torch.exp(a_cum[..., -1:] - a_cum)[..., None]  # (B, H, T, 1): frame s -> end of the chunk
     final = torch.exp(a_cum[..., -1])[..., None, None] * state + (xdt * to_end).transpose(-1, -2) @ Bh
     return y.transpose(1, 2).to(out_dtype), final  # (B, T, H, P), (B, H, P, N)
+
 
 def ssd_sequential(
     x: Tensor,
