@@ -48,6 +48,7 @@ def _prime(pred_net: Any, batch: int, blank: int, device: torch.device) -> tuple
 class RNNTGreedyOptions:
     blank: int  # id of the blank unit (asrlib: V, the last output)
     max_symbols_per_frame: int = 5  # tokens one frame may emit before we force the next frame
+    lookahead_frames: int = 8  # frames one joint call scores (a 320 ms chunk at x4 subsampling)
 
 
 @dataclass
@@ -79,18 +80,22 @@ class RNNTGreedyState:
 
 
 class RNNTGreedyDecoder:
-    """Greedy RNN-T search, batched: all utterances advance one frame at a time together.
+    """Greedy RNN-T search, batched: the utterances advance one emitted label at a time together.
 
-    Per frame, the joint is applied to every utterance still on that frame; those whose best
-    symbol is a token emit it (their prediction network steps, the others' state is left
-    alone) and try again, up to ``max_symbols_per_frame`` times; a blank ends the frame.
-    Frames beyond an utterance's length are masked out. ``decode`` is ``init_state`` plus one
-    ``decode_chunk``, so feeding the encoder output in chunks gives the same result.
+    On each frame the best symbol is taken: a token is emitted (that utterance's prediction
+    network steps, the others' state is left alone) and the frame is tried again, up to
+    ``max_symbols_per_frame`` times; a blank ends the frame. Each utterance is on its own
+    frame, and the frames up to its next token are found in one joint call (see
+    ``decode_chunk``). Frames beyond an utterance's length are masked out. ``decode`` is
+    ``init_state`` plus one ``decode_chunk``, so feeding the encoder output in chunks gives the
+    same result.
     """
 
     def __init__(self, options: RNNTGreedyOptions):
         if options.max_symbols_per_frame < 1:
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {options.max_symbols_per_frame}")
+        if options.lookahead_frames < 1:
+            raise ValueError(f"lookahead_frames must be >= 1, got {options.lookahead_frames}")
         self.options = options
 
     @torch.no_grad()
@@ -114,10 +119,16 @@ class RNNTGreedyDecoder:
 
         ``lengths`` (B,) counts the valid frames of this chunk (default: all Tc). The state
         passed in is not modified; a new one is returned.
+
+        The search loops over labels, not frames: between two emissions the prediction output
+        does not change, so one joint call scores every frame of a window of
+        ``lookahead_frames`` at once, and the blanks up to the next token are read off it.
+        A window with no token costs one joint call instead of one per frame.
         """
         _check_enc(enc_chunk, lengths)
-        blank, batch, n_frames = self.options.blank, enc_chunk.shape[0], enc_chunk.shape[1]
-        valid = torch.full((batch,), n_frames) if lengths is None else lengths.cpu()
+        blank, cap, window = self.options.blank, self.options.max_symbols_per_frame, self.options.lookahead_frames
+        batch, n_frames = enc_chunk.shape[0], enc_chunk.shape[1]
+        valid = [n_frames] * batch if lengths is None else [int(x) for x in lengths.tolist()]
         offsets = [frame_offset] * batch if isinstance(frame_offset, int) else list(frame_offset)
         tokens = [list(x) for x in state.tokens]
         stamps = [list(x) for x in state.timestamps]
@@ -125,28 +136,42 @@ class RNNTGreedyDecoder:
         pred_state, pred_out = state.pred_state, state.pred_out.clone()
         pred_proj = joint.project_prediction(pred_out)  # (B, J)
         e = joint.project_encoder(enc_chunk)  # (B, Tc, J)
-        for t in range(n_frames):
-            active = valid > t  # (B,) utterances still on frame t
-            for _ in range(self.options.max_symbols_per_frame):
-                if not active.any():
+        for w0 in range(0, n_frames, window):
+            ends = [min(v, w0 + window) for v in valid]  # per utterance, the end of its frames in this window
+            t = [w0] * batch  # the frame each utterance is on
+            on_frame = [0] * batch  # tokens it has emitted on that frame
+            rows = [b for b in range(batch) if ends[b] > w0]
+            while rows:
+                t0, t1 = min(t[b] for b in rows), max(ends[b] for b in rows)
+                idx = torch.tensor(rows, device=e.device)
+                logits = joint.combine(e[idx, t0:t1], pred_proj[idx][:, None])  # (R, t1 - t0, V + 1)
+                best_lp, best = (x.cpu().tolist() for x in logits.float().log_softmax(dim=-1).max(dim=-1))
+                emitters, labels = [], []
+                for k, b in enumerate(rows):
+                    lp_b, best_b = best_lp[k], best[k]  # (t1 - t0,) each, frame t at t - t0
+                    while t[b] < ends[b] and best_b[t[b] - t0] == blank:  # blanks close frames
+                        scores[b] += lp_b[t[b] - t0]
+                        t[b], on_frame[b] = t[b] + 1, 0
+                    if t[b] == ends[b]:
+                        continue
+                    label = best_b[t[b] - t0]
+                    scores[b] += lp_b[t[b] - t0]
+                    tokens[b].append(label)
+                    stamps[b].append(offsets[b] + t[b])
+                    on_frame[b] += 1
+                    if on_frame[b] == cap:  # the cap closes the frame without a blank
+                        t[b], on_frame[b] = t[b] + 1, 0
+                    emitters.append(b)
+                    labels.append(label)
+                if not emitters:
                     break
-                logp = joint.combine(e[:, t], pred_proj).float().log_softmax(dim=-1)  # (B, V + 1)
-                best_lp, best = (x.cpu() for x in logp.max(dim=-1))  # (B,), (B,)
-                for b in active.nonzero().flatten().tolist():
-                    scores[b] += float(best_lp[b])
-                emit = active & (best != blank)  # (B,)
-                if not emit.any():
-                    break
-                idx = emit.nonzero().flatten()  # (E,) utterances that emitted
-                for b in idx.tolist():
-                    tokens[b].append(int(best[b]))
-                    stamps[b].append(offsets[b] + t)
-                idx_dev = idx.to(pred_proj.device)
-                out, sub = pred_net.step(best[idx].to(pred_proj.device), st.select(pred_state, idx_dev))  # (E, Dp)
+                idx_dev = torch.tensor(emitters, device=pred_proj.device)
+                label_t = torch.tensor(labels, dtype=torch.long, device=pred_proj.device)
+                out, sub = pred_net.step(label_t, st.select(pred_state, idx_dev))  # (E, Dp)
                 pred_state = st.scatter(pred_state, idx_dev, sub)
                 pred_out[idx_dev] = out.to(pred_out.dtype)
                 pred_proj[idx_dev] = joint.project_prediction(out).to(pred_proj.dtype)  # (E, J)
-                active = emit
+                rows = [b for b in emitters if t[b] < ends[b]]
         return RNNTGreedyState(pred_state, pred_out, tokens, stamps, scores)
 
     @torch.no_grad()

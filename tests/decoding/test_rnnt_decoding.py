@@ -103,11 +103,12 @@ def slow_greedy(pred, joint, enc, length, cap):
     return tokens, stamps, score
 
 
-@pytest.mark.parametrize("seed, cap", [(0, 5), (1, 2), (2, 1)])
-def test_batched_greedy_equals_slow_loop_on_ragged_batch(seed, cap):
+@pytest.mark.parametrize("seed, cap, lookahead", [(0, 5, 8), (1, 2, 3), (2, 1, 1), (0, 3, 13), (1, 1, 20)])
+def test_batched_greedy_equals_slow_loop_on_ragged_batch(seed, cap, lookahead):
+    """Any look-ahead window (one frame, windows that split the utterances, one window for all)."""
     pred, joint, enc = small_model(seed)
     lengths = torch.tensor([13, 6, 9])
-    dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=cap))
+    dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=cap, lookahead_frames=lookahead))
     results = dec.decode(pred, joint, enc, lengths)
     for b, res in enumerate(results):
         with torch.no_grad():
