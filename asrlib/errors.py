@@ -49,3 +49,15 @@ def refuse_existing_file(path, force: bool, inputs=(), flag: str = "--json") -> 
     if path.exists() and not force:
         raise UsageError(f"{flag} {path} already exists; refusing to overwrite it "
                          "(choose another file or pass --force)")
+
+
+def refuse_nonempty_folder(out, force: bool, flag: str = "--out") -> None:
+    """Refuse to write into ``out`` when it is a file, or a folder that holds anything (unless ``force``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out} is a file, not a folder; choose a new folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+        raise UsageError(f"{flag} {out} already holds files ({shown}); choose a new or empty folder, "
+                         "or pass --force to overwrite them")

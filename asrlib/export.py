@@ -290,18 +290,6 @@ def verify(model: HybridASR, onnx_dir: str | Path, tokenizer=None, audio: str | 
 
 
 # --------------------------------------------------------------------------- CLI
-def _refuse_nonempty(out: Path, force: bool) -> None:
-    from asrlib.errors import UsageError
-
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; choose a new folder")
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if held and not force:
-        shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
-        raise UsageError(f"--out {out} already holds files ({shown}); choose a new or empty folder, "
-                         "or pass --force to overwrite them")
-
-
 def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asrlib export", description="export the streaming step to ONNX")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported model folder")
@@ -312,10 +300,11 @@ def _main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from asrlib.checkpoint import load_model, load_model_and_tokenizer
+    from asrlib.errors import refuse_nonempty_folder
     from asrlib.tokenizer import TokenizerError
 
     out = Path(args.out)
-    _refuse_nonempty(out, args.force)
+    refuse_nonempty_folder(out, args.force)
     model, _ = load_model(args.checkpoint)
     try:
         _, tokenizer = load_model_and_tokenizer(args.checkpoint)

@@ -110,12 +110,12 @@ class OnnxJoint:
         return pred
 
     def combine(self, enc: Tensor, pred: Tensor) -> Tensor:
-        """enc (B|1, D), pred (B|1, Dp) -> logits (B, V + 1); a batch of 1 broadcasts."""
-        b = max(enc.shape[0], pred.shape[0])
-        e = _np(enc.expand(b, -1)).astype(np.float32)  # (B, D)
-        p = _np(pred.expand(b, -1)).astype(np.float32)  # (B, Dp)
+        """enc (..., D), pred (..., Dp) -> logits (..., V + 1); the leading dims broadcast."""
+        lead = torch.broadcast_shapes(enc.shape[:-1], pred.shape[:-1])
+        e = _np(enc.expand(*lead, -1).reshape(-1, enc.shape[-1])).astype(np.float32)  # (N, D)
+        p = _np(pred.expand(*lead, -1).reshape(-1, pred.shape[-1])).astype(np.float32)  # (N, Dp)
         (logits,) = self.session.run(None, {"enc": np.ascontiguousarray(e), "pred": np.ascontiguousarray(p)})
-        return torch.from_numpy(logits)
+        return torch.from_numpy(logits).reshape(*lead, -1)
 
 
 class OnnxStreamingBackend:
