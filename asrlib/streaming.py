@@ -34,6 +34,7 @@ grow with elapsed time.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -101,10 +102,22 @@ class _EvalPrediction:
             return self.net.step(tokens, state)
 
 
-class TorchStreamingBackend:
-    """The PyTorch model as a streaming backend: ``HybridASR.stream_step`` on selected rows."""
+# inductor leaves the frontend's rfft to its eager kernel (fine: it is one small call) and says so
+_INDUCTOR_COMPLEX = "Torchinductor does not support code generation for complex operators"
 
-    def __init__(self, model: HybridASR, device: str | torch.device | None = None):
+
+class TorchStreamingBackend:
+    """The PyTorch model as a streaming backend: ``HybridASR.stream_step`` on selected rows.
+
+    ``compile=True`` runs the step through ``torch.compile`` (inductor; on a CPU it needs a C++
+    compiler). The first step then takes a while (tens of seconds: the compilation, once per
+    process and model, and again for each new number of streams stepped at once); later steps
+    fuse the many small element-wise operations of a chunk, which dominate a streaming step.
+    The results are those of the eager step up to float round-off. A stream's last, partial
+    chunk is stepped eagerly.
+    """
+
+    def __init__(self, model: HybridASR, device: str | torch.device | None = None, compile: bool = False):
         own = next(model.parameters()).device
         self.device = own if device is None else torch.device(device)
         if self.device != own:
@@ -113,7 +126,9 @@ class TorchStreamingBackend:
         self.model = model
         self.constants = model.streaming
         self.prediction, self.joint = _EvalPrediction(model.prediction), model.joint
+        self._stream_step = torch.compile(model.stream_step) if compile else model.stream_step
 
+    @torch.inference_mode()  # states made like the steps' outputs: a compiled step is not compiled twice
     def init_state(self, n: int) -> Any:
         return self.model.init_stream(n, self.device)
 
@@ -126,9 +141,11 @@ class TorchStreamingBackend:
     def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
         everyone = streams == list(range(st.batch_size(state)))  # no select / scatter copies needed
         idx = torch.tensor(streams, device=self.device)
-        with _eval_mode(self.model):
-            enc, ctc, sub = self.model.stream_step(torch.from_numpy(samples).to(self.device),
-                                                   state if everyone else st.select(state, idx))
+        # a final partial chunk goes through the eager step: compiling its new shape would stall the flush
+        step = self._stream_step if samples.shape[-1] == self.constants.chunk_samples else self.model.stream_step
+        with _eval_mode(self.model), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_INDUCTOR_COMPLEX)
+            enc, ctc, sub = step(torch.from_numpy(samples).to(self.device), state if everyone else st.select(state, idx))
         return enc, ctc, sub if everyone else st.scatter(state, idx, sub)
 
 
@@ -173,17 +190,21 @@ class StreamingRecognizer:
 
     ``model`` runs on its own device (``device`` may only confirm it); a model in training mode
     is stepped in eval mode and handed back in training mode. ``backend`` replaces the model
-    (e.g. :class:`asrlib.onnx_runtime.OnnxStreamingBackend`).
+    (e.g. :class:`asrlib.onnx_runtime.OnnxStreamingBackend`). ``compile=True``: the model's
+    step through ``torch.compile`` (see :class:`TorchStreamingBackend`).
     """
 
     def __init__(self, model: HybridASR | None = None, tokenizer=None, decoder: str = "rnnt_greedy",
                  num_streams: int = 1, max_symbols_per_frame: int = 5, device: str | torch.device | None = None,
-                 keep_encoder_output: bool = False, backend: StreamingBackend | None = None):
+                 keep_encoder_output: bool = False, backend: StreamingBackend | None = None,
+                 compile: bool = False):
         if decoder not in DECODERS:
             raise ValueError(f"streaming decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         if num_streams < 1:
             raise ValueError(f"num_streams must be >= 1, got {num_streams}")
-        self.backend = backend if backend is not None else TorchStreamingBackend(model, device)
+        if backend is not None and compile:
+            raise ValueError("compile applies to the PyTorch model; a backend given is used as it is")
+        self.backend = backend if backend is not None else TorchStreamingBackend(model, device, compile)
         self.constants: StreamingConstants = self.backend.constants
         self.decoder = (RNNTStreamDecoder(self.backend, max_symbols_per_frame) if decoder == "rnnt_greedy"
                         else CTCStreamDecoder(self.backend))

@@ -8,6 +8,7 @@ Tolerance: max |full - stream| <= 1e-5 * max(1, max |full|).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,27 @@ def test_partial_text_is_detokenized_only_when_the_tokens_change():
     final = rec.finalize()
     assert final.text == tok.decode(final.tokens)
     assert Counting.calls <= len(set(texts)) + 3 < len(texts)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile (inductor) needs a C++ compiler on the CPU")
+def test_compiled_step_streams_what_the_eager_step_streams():
+    """compile=True: the same tokens as the full model and encoder frames equal to round-off."""
+    from asrlib.checkpoint import load_model
+    from asrlib.tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    model, tok = load_model(SHIPPED)
+    tok = Tokenizer(tok)
+    wave = _utterance(6)
+    full = compare_stream(model, wave, 1600, tok)
+    outs = {}
+    for compiled in (False, True):
+        rec = StreamingRecognizer(model, tok, keep_encoder_output=True, compile=compiled)
+        outs[compiled] = (rec.recognize(wave, 1600), rec.encoder_output())
+    (eager, enc_e), (comp, enc_c) = outs[False], outs[True]
+    assert comp.tokens == eager.tokens == full["offline_tokens"] and comp.text == full["offline_text"]
+    assert enc_c.shape == enc_e.shape
+    assert float((enc_c - enc_e).abs().max()) <= 1e-4 * max(1.0, float(enc_e.abs().max()))
+    with pytest.raises(ValueError, match="compile"):
+        StreamingRecognizer(tokenizer=tok, backend=rec.backend, compile=True)
