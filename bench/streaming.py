@@ -14,7 +14,10 @@ with one intra-op thread: the cost of one stream on one core.
    :class:`StreamingRecognizer` (RNN-T greedy) on the PyTorch model (eager) and on the ONNX
    export (onnxruntime). Per-chunk compute latency (median, p95; calls that ran one chunk) and the
    real-time factor (compute seconds / audio seconds) for each; and the PyTorch
-   ``TorchStreamingBackend.step`` alone (frontend + encoder + CTC head, no decoder).
+   ``TorchStreamingBackend.step`` alone (frontend + encoder + CTC head, no decoder). With
+   ``--compile``, also the recogniser with its step through ``torch.compile``
+   (``torch_compiled``; ``torch_compile_warmup_seconds`` is the wall time of its first 4
+   chunks, compilation included).
 1b. ``concurrency``: ``--streams`` (1, 8, 32) streams at once, 320 ms chunks, each stream a
    different stretch of the speech, fed one chunk per stream per ``accept_waveforms`` call (the
    ready streams are stepped and RNN-T-decoded as one batch). Aggregate audio-seconds per
@@ -148,7 +151,7 @@ def matmul_flops_per_second(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / best
 
 
-def bench_chunk(chunk_frames: int, weights: str, audio_seconds: float) -> dict:
+def bench_chunk(chunk_frames: int, weights: str, audio_seconds: float, compile: bool = False) -> dict:
     from asrlib.export import export_onnx
     from asrlib.onnx_runtime import load_onnx_recognizer
 
@@ -162,12 +165,21 @@ def bench_chunk(chunk_frames: int, weights: str, audio_seconds: float) -> dict:
     feed_timed(rec, wave[: 4 * piece], piece)  # warm-up
     torch_walls, torch_total, torch_text = feed_timed(rec, wave, piece)
 
+    compiled = {}
+    if compile:  # the same recogniser with its step through torch.compile; the first chunks pay the compilation
+        crec = StreamingRecognizer(model, tokenizer, compile=True)
+        t0 = time.perf_counter()
+        feed_timed(crec, wave[: 4 * piece], piece)
+        compiled["torch_compile_warmup_seconds"] = round(time.perf_counter() - t0, 1)
+        walls, total, text = feed_timed(crec, wave, piece)
+        compiled["torch_compiled"] = summary(walls, total, secs)
+        compiled["torch_compiled_same_text"] = text == torch_text
     enc_ms = encoder_step_ms(rec.backend, wave)
     flops = step_flops(model)
     chunk_seconds = piece / sr
     out = {"chunk_frames": chunk_frames, "chunk_ms": round(1000 * chunk_seconds), "left_context_ms":
            round(1000 * chunk_seconds * model.cfg.encoder.left_chunks), "audio_seconds": round(secs, 3),
-           "torch_eager": summary(torch_walls, torch_total, secs),
+           "torch_eager": summary(torch_walls, torch_total, secs), **compiled,
            "torch_encoder_step_ms_median": round(float(np.median(enc_ms)), 3),
            "flops_per_chunk_step": flops, "gflops_per_audio_second": round(flops / chunk_seconds / 1e9, 4)}
     with tempfile.TemporaryDirectory(prefix="asrlib_bench_stream_") as d:
@@ -299,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="'random', an exported model folder, or 'auto' (models/digits_demo if present, else random)")
     p.add_argument("--max-child-seconds", type=float, default=1200.0, help="stop a memory child after this")
     p.add_argument("--quick", action="store_true", help="chunks 32, 8 s of audio, 1 minute of memory")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each chunk size with the step through torch.compile (about a minute each)")
     p.add_argument("--memory-child", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     weights = args.weights if args.weights != "auto" else (str(SHIPPED) if (SHIPPED / "model.safetensors").is_file()
@@ -322,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     result["matmul_gflops_per_second_1_thread"] = round(matmul_flops_per_second() / 1e9, 2)
     result["chunks"] = []
     for c in args.chunks:
-        r = bench_chunk(c, weights, args.audio_seconds)
+        r = bench_chunk(c, weights, args.audio_seconds, args.compile)
         r["rtf_compute_floor"] = round(r["gflops_per_audio_second"] / result["matmul_gflops_per_second_1_thread"], 5)
         result["chunks"].append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)

@@ -165,12 +165,17 @@ class RNNTGreedyDecoder:
                     labels.append(label)
                 if not emitters:
                     break
-                idx_dev = torch.tensor(emitters, device=pred_proj.device)
                 label_t = torch.tensor(labels, dtype=torch.long, device=pred_proj.device)
-                out, sub = pred_net.step(label_t, st.select(pred_state, idx_dev))  # (E, Dp)
-                pred_state = st.scatter(pred_state, idx_dev, sub)
-                pred_out[idx_dev] = out.to(pred_out.dtype)
-                pred_proj[idx_dev] = joint.project_prediction(out).to(pred_proj.dtype)  # (E, J)
+                if len(emitters) == batch:  # every utterance emitted (one stream: always): no select / scatter
+                    out, pred_state = pred_net.step(label_t, pred_state)  # (B, Dp)
+                    pred_out = out.to(pred_out.dtype, copy=True)  # an ordinary tensor, like the clone above
+                    pred_proj = joint.project_prediction(out).to(pred_proj.dtype)  # (B, J)
+                else:
+                    idx_dev = torch.tensor(emitters, device=pred_proj.device)
+                    out, sub = pred_net.step(label_t, st.select(pred_state, idx_dev))  # (E, Dp)
+                    pred_state = st.scatter(pred_state, idx_dev, sub)
+                    pred_out[idx_dev] = out.to(pred_out.dtype)
+                    pred_proj[idx_dev] = joint.project_prediction(out).to(pred_proj.dtype)  # (E, J)
                 rows = [b for b in emitters if t[b] < ends[b]]
         return RNNTGreedyState(pred_state, pred_out, tokens, stamps, scores)
 
