@@ -90,7 +90,8 @@ class GroupedQueryAttention(nn.Module):
         kv = self.kv_proj(x).view(B, T, 2, self.n_kv, P)  # (B, T, 2, K, P)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, K, T, P) each
         cos, sin = self.rope.cos_sin(positions, q.dtype)  # the same angles for queries and keys
-        return rotate(q, cos, sin), rotate(k, cos, sin), v
+        qk = rotate(torch.cat((q, k), dim=1), cos, sin)  # (B, H + K, T, P): one rotation for both
+        return qk[:, : self.n_heads], qk[:, self.n_heads :], v
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """q (X, Hx, Tq, P), k/v (X, Hx, S, P), mask (X|1, 1, Tq, S) bool -> (X, Hx, Tq, P).

@@ -64,19 +64,19 @@ class ConformerBlock(nn.Module):
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        x = x + 0.5 * self.ffn1(self.ffn1_norm(x))
+        x = torch.add(x, self.ffn1(self.ffn1_norm(x)), alpha=0.5)  # the macaron half-step
         x = x + self.dropout(self.mixer(self.mixer_norm(x), lengths))
         x = x + self.conv(self.conv_norm(x))
-        return x + 0.5 * self.ffn2(self.ffn2_norm(x))
+        return torch.add(x, self.ffn2(self.ffn2_norm(x)), alpha=0.5)
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> BlockCache:
         return BlockCache(mixer=self.mixer.init_state(batch, device), conv=self.conv.init_state(batch, device))
 
     def step(self, x: Tensor, state: BlockCache) -> tuple[Tensor, BlockCache]:
-        x = x + 0.5 * self.ffn1(self.ffn1_norm(x))
+        x = torch.add(x, self.ffn1(self.ffn1_norm(x)), alpha=0.5)  # the macaron half-step
         y, mixer_state = self.mixer.step(self.mixer_norm(x), state.mixer)
         x = x + self.dropout(y)
         y, conv_state = self.conv.step(self.conv_norm(x), state.conv)
         x = x + y
-        x = x + 0.5 * self.ffn2(self.ffn2_norm(x))
+        x = torch.add(x, self.ffn2(self.ffn2_norm(x)), alpha=0.5)
         return x, BlockCache(mixer=mixer_state, conv=conv_state)
