@@ -17,6 +17,7 @@ utterance by utterance: the project's central, tested property) and memory stays
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 
@@ -83,6 +84,9 @@ def _main(argv: list[str] | None = None) -> int:
     if args.compile and (args.onnx or not args.stream):
         raise UsageError("--compile compiles the PyTorch streaming step: use it with --stream and --checkpoint "
                          "(not --onnx)")
+    if args.compile and args.device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise UsageError("--compile on the CPU needs a C++ compiler (g++ or clang++) on the PATH: install one "
+                         "(e.g. apt-get install g++) or drop --compile")
     torch.set_num_threads(args.threads)
 
     if args.onnx:

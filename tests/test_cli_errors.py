@@ -60,3 +60,12 @@ def test_debug_shows_the_traceback(tmp_path):
         os.environ.pop("ASRLIB_DEBUG", None)
         if before is not None:
             os.environ["ASRLIB_DEBUG"] = before
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    assert cli.main(["transcribe", "--checkpoint", str(MODEL), "--stream", "--compile", str(AUDIO)]) == 2
+    err = one_error_line(capsys.readouterr().err, "transcribe")
+    assert "C++ compiler" in err and "--compile" in err
