@@ -50,6 +50,16 @@ class AttentionCache:
     pos: Tensor
 
 
+@dataclass
+class StepShared:
+    """What one streaming step of every attention block of an encoder has in common: the blocks
+    hold the same position and step by the same chunk, so ``Encoder.step`` computes it once."""
+
+    mask: Tensor  # (B, 1, 1, L + Tc) bool: the valid keys of [cache ; chunk]
+    cos: Tensor  # (B, 1, Tc, P) RoPE angles of the chunk's frames
+    sin: Tensor  # (B, 1, Tc, P)
+
+
 class GroupedQueryAttention(nn.Module):
     """Chunk-causal GQA. ``chunk_size`` and the cache are in ENCODER frames.
 
@@ -82,14 +92,19 @@ class GroupedQueryAttention(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, D) -> q (B, H, T, P), k (B, K, T, P), v (B, K, T, P); q and k rotated."""
+    def _project(self, x: Tensor, positions: Tensor | None = None,
+                 angles: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, D) -> q (B, H, T, P), k (B, K, T, P), v (B, K, T, P); q and k rotated by the
+        RoPE angles of ``positions`` (T,) or (B, T), or by ``angles`` = (cos, sin) computed before."""
         B, T, _ = x.shape
         P = self.head_dim
         q = self.q_proj(x).view(B, T, self.n_heads, P).transpose(1, 2)  # (B, H, T, P)
         kv = self.kv_proj(x).view(B, T, 2, self.n_kv, P)  # (B, T, 2, K, P)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, K, T, P) each
-        cos, sin = self.rope.cos_sin(positions, q.dtype)  # the same angles for queries and keys
+        if angles is None:
+            cos, sin = self.rope.cos_sin(positions, q.dtype)  # the same angles for queries and keys
+        else:
+            cos, sin = angles[0].to(q.dtype), angles[1].to(q.dtype)
         qk = rotate(torch.cat((q, k), dim=1), cos, sin)  # (B, H + K, T, P): one rotation for both
         return qk[:, : self.n_heads], qk[:, self.n_heads :], v
 
@@ -171,20 +186,27 @@ class GroupedQueryAttention(nn.Module):
             pos=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def step(self, x: Tensor, state: AttentionCache) -> tuple[Tensor, AttentionCache]:
-        B, Tc, _ = x.shape
-        L = self.cache_len
+    def step_shared(self, pos: Tensor, chunk_len: int, dtype: torch.dtype) -> StepShared:
+        """The key mask and RoPE angles of a step from position ``pos`` (B,) over ``chunk_len`` frames."""
+        positions = pos[:, None] + torch.arange(chunk_len, device=pos.device)[None, :]  # (B, Tc)
+        cos, sin = self.rope.cos_sin(positions, dtype)  # (B, 1, Tc, P) each
+        return StepShared(mask=stream_key_mask(pos, self.cache_len, chunk_len)[:, None, None, :], cos=cos, sin=sin)
+
+    def step(self, x: Tensor, state: AttentionCache, shared: StepShared | None = None) -> tuple[Tensor, AttentionCache]:
+        """One chunk x (B, Tc, D) -> (B, Tc, D) and the new cache. ``shared``: ``step_shared`` of
+        this state's position, when the caller computed it already (``Encoder.step`` does, once
+        for all its attention blocks)."""
+        Tc = x.shape[1]
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not 1 <= Tc <= self.chunk_size:
             raise ValueError(
                 f"step() takes one chunk of 1..{self.chunk_size} frames (full chunks, then one shorter "
                 f"final flush), got {Tc}; split the input into chunks of chunk_size frames"
             )
-        positions = state.pos[:, None] + torch.arange(Tc, device=x.device)[None, :]  # (B, Tc)
-        q, k_new, v_new = self._project(x, positions)
+        shared = self.step_shared(state.pos, Tc, x.dtype) if shared is None else shared
+        q, k_new, v_new = self._project(x, angles=(shared.cos, shared.sin))
         k = torch.cat((state.k, k_new), dim=2)  # (B, K, L + Tc, P)
         v = torch.cat((state.v, v_new), dim=2)  # (B, K, L + Tc, P)
-        mask = stream_key_mask(state.pos, L, Tc)[:, None, None, :]  # (B, 1, 1, L + Tc)
-        y = self._attend(q, k, v, mask)
+        y = self._attend(q, k, v, shared.mask)
         # The last L frames of [cache ; chunk] (slice from Tc, not from -L: L may be 0).
         new = AttentionCache(k=k[:, :, Tc:], v=v[:, :, Tc:], pos=state.pos + Tc)
         return y, new

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from asrlib.config import EncoderConfig
-from asrlib.model.attention import AttentionCache, GroupedQueryAttention
+from asrlib.model.attention import AttentionCache, GroupedQueryAttention, StepShared
 from asrlib.model.conv import ConvCache, ConvModule
 from asrlib.model.dropout import Dropout
 from asrlib.model.ffn import SwiGLU, swiglu_hidden
@@ -72,9 +72,13 @@ class ConformerBlock(nn.Module):
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> BlockCache:
         return BlockCache(mixer=self.mixer.init_state(batch, device), conv=self.conv.init_state(batch, device))
 
-    def step(self, x: Tensor, state: BlockCache) -> tuple[Tensor, BlockCache]:
+    def step(self, x: Tensor, state: BlockCache, shared: StepShared | None = None) -> tuple[Tensor, BlockCache]:
+        """``shared``: an attention mixer's ``step_shared`` for this step (ignored by Mamba2)."""
         x = torch.add(x, self.ffn1(self.ffn1_norm(x)), alpha=0.5)  # the macaron half-step
-        y, mixer_state = self.mixer.step(self.mixer_norm(x), state.mixer)
+        if self.kind == "gqa":
+            y, mixer_state = self.mixer.step(self.mixer_norm(x), state.mixer, shared)
+        else:
+            y, mixer_state = self.mixer.step(self.mixer_norm(x), state.mixer)
         x = x + self.dropout(y)
         y, conv_state = self.conv.step(self.conv_norm(x), state.conv)
         x = x + y

@@ -90,8 +90,12 @@ class Encoder(nn.Module):
         x = x * self.input_scale
         if x.shape[1] == 0:
             return x, EncoderState(subsampling=sub_state, blocks=state.blocks)
-        new_blocks = []
+        new_blocks, shared = [], None
         for block, block_state in zip(self.blocks, state.blocks):
-            x, block_state = block.step(x, block_state)
+            if block.kind == "gqa" and shared is None:
+                # every attention block holds the same position and steps by the same chunk:
+                # one key mask and one set of RoPE angles serve them all
+                shared = block.mixer.step_shared(block_state.mixer.pos, x.shape[1], x.dtype)
+            x, block_state = block.step(x, block_state, shared)
             new_blocks.append(block_state)
         return self.norm(x), EncoderState(subsampling=sub_state, blocks=new_blocks)
