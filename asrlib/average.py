@@ -45,17 +45,12 @@ def checkpoint_files(inputs: list[str | Path], last: int | None = None) -> list[
         else:
             raise UsageError(f"{given}: no such checkpoint file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in found))
-    unique.sort(key=lambda p: (_step_of(p) is None, _step_of(p) or 0))
+    unique.sort(key=lambda p: (ckpt.step_of(p) is None, ckpt.step_of(p) or 0))
     if last is not None:
         if last < 1:
             raise UsageError(f"--last must be at least 1, got {last}")
         unique = unique[-last:]
     return unique
-
-
-def _step_of(path: Path) -> int | None:
-    name = path.name
-    return int(name[5:-3]) if name.startswith("step-") and name.endswith(".pt") and name[5:-3].isdigit() else None
 
 
 def average_state_dicts(states) -> dict[str, torch.Tensor]:
@@ -126,7 +121,7 @@ def _main(argv: list[str] | None = None) -> int:
     paths = checkpoint_files(args.inputs, args.last)
     model, tokenizer = average_checkpoints(paths)
     ckpt.export_weights(model, out, tokenizer)
-    steps = [_step_of(p) for p in paths]
+    steps = [ckpt.step_of(p) for p in paths]
     named = ", ".join(str(s) if s is not None else p.name for s, p in zip(steps, paths))
     print(f"averaged {len(paths)} checkpoints (steps {named}) into {out}", file=sys.stderr)
     return 0

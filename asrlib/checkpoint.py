@@ -97,8 +97,14 @@ def rotate(folder: str | Path, keep_last: int, up_to_step: int | None = None) ->
         p.unlink(missing_ok=True)
 
 
+def step_of(path: str | Path) -> int | None:
+    """The step of a ``step-*.pt`` file name (None for any other name, e.g. ``best.pt``)."""
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def _step(path: Path) -> int:
-    return int(_STEP_RE.match(path.name).group(1))
+    return step_of(path)
 
 
 def tokenizer_state(tokenizer) -> dict:

@@ -106,6 +106,17 @@ class _EvalPrediction:
 _INDUCTOR_COMPLEX = "Torchinductor does not support code generation for complex operators"
 
 
+def _quiet(compiled):
+    """The compiled step without inductor's warning about the rfft; the eager step is left alone."""
+
+    def step(*args):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_INDUCTOR_COMPLEX)
+            return compiled(*args)
+
+    return step
+
+
 class TorchStreamingBackend:
     """The PyTorch model as a streaming backend: ``HybridASR.stream_step`` on selected rows.
 
@@ -126,7 +137,7 @@ class TorchStreamingBackend:
         self.model = model
         self.constants = model.streaming
         self.prediction, self.joint = _EvalPrediction(model.prediction), model.joint
-        self._stream_step = torch.compile(model.stream_step) if compile else model.stream_step
+        self._stream_step = _quiet(torch.compile(model.stream_step)) if compile else model.stream_step
 
     @torch.inference_mode()  # states made like the steps' outputs: a compiled step is not compiled twice
     def init_state(self, n: int) -> Any:
@@ -143,8 +154,7 @@ class TorchStreamingBackend:
         idx = torch.tensor(streams, device=self.device)
         # a final partial chunk goes through the eager step: compiling its new shape would stall the flush
         step = self._stream_step if samples.shape[-1] == self.constants.chunk_samples else self.model.stream_step
-        with _eval_mode(self.model), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_INDUCTOR_COMPLEX)
+        with _eval_mode(self.model):
             enc, ctc, sub = step(torch.from_numpy(samples).to(self.device), state if everyone else st.select(state, idx))
         return enc, ctc, sub if everyone else st.scatter(state, idx, sub)
 
