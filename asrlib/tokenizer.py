@@ -6,6 +6,10 @@ There is no BOS/EOS; id 0 is ``<unk>``. The model heads put blank at id ``vocab_
 Training is offline and reproducible (one thread, fixed seed).
 
     asrlib tokenizer train --manifest M [--manifest M2] --vocab-size N --model-type bpe|unigram --out DIR
+    asrlib tokenizer train --manifest M --model-type char --out DIR      (one piece per character)
+
+``char`` is a letter-level vocabulary: every character of the training text is a piece, plus
+``<unk>`` and the word-start marker; ``vocab_size`` is then only an upper bound (0 = no bound).
 
 Shapes: text (str) <-> ids (U,) list[int].
 """
@@ -25,6 +29,7 @@ from asrlib.data.manifest import ManifestError, read_manifest
 
 MODEL_NAME = "tokenizer.model"
 SEED = 1234
+MODEL_TYPES = ("bpe", "unigram", "char")
 
 
 class TokenizerError(ValueError):
@@ -104,9 +109,12 @@ def train_tokenizer(
     """Train on the ``text`` of every manifest line -> path of out_dir/tokenizer.model.
 
     Also writes tokenizer.vocab. Refuses to overwrite an existing model unless ``force``.
+    ``model_type="char"``: one piece per character; ``vocab_size`` is an upper bound (0 = none).
     """
-    if model_type not in ("bpe", "unigram"):
-        raise TokenizerError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    if model_type not in MODEL_TYPES:
+        raise TokenizerError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    if vocab_size <= 0 and model_type != "char":
+        raise TokenizerError(f"vocab_size must be > 0 for a {model_type} tokenizer, got {vocab_size}")
     out = Path(out_dir)
     model = out / MODEL_NAME
     if model.exists() and not force:
@@ -122,7 +130,8 @@ def train_tokenizer(
         spm.SentencePieceTrainer.Train(
             sentence_iterator=iter(texts),
             model_writer=buffer,
-            vocab_size=vocab_size,
+            vocab_size=vocab_size if vocab_size > 0 else 1 << 20,
+            hard_vocab_limit=model_type != "char",  # char: as many pieces as there are characters
             model_type=model_type,
             normalization_rule_name="identity",
             character_coverage=1.0,
@@ -146,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on the text of JSONL manifests")
     train.add_argument("--manifest", action="append", required=True, help="JSONL manifest (repeatable)")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--model-type", choices=["bpe", "unigram"], default="unigram")
+    train.add_argument("--vocab-size", type=int, default=0, help="pieces (bpe, unigram); an upper bound for char")
+    train.add_argument("--model-type", choices=MODEL_TYPES, default="unigram")
     train.add_argument("--out", required=True, help="folder for tokenizer.model and tokenizer.vocab")
     train.add_argument("--force", action="store_true", help="replace an existing tokenizer.model")
     args = parser.parse_args(argv)

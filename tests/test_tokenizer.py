@@ -81,3 +81,16 @@ def test_cli_refuses_overwrite_without_force(manifests, tmp_path, capsys):
 def test_too_large_vocab_is_a_clear_error(manifests, tmp_path):
     with pytest.raises(TokenizerError, match="vocab_size=5000"):
         train_tokenizer(manifests, 5000, "unigram", tmp_path / "tok")
+
+
+def test_char_tokenizer_has_one_piece_per_character(manifests, tmp_path):
+    tok = Tokenizer(train_tokenizer(manifests, 0, "char", tmp_path / "tok"))
+    chars = {c for t in TEXTS for c in t if c != " "}
+    pieces = {tok.piece(i) for i in range(tok.vocab_size)}
+    assert pieces == chars | {"<unk>", "▁"}  # every character, the word-start marker, unk: nothing more
+    for text in TEXTS:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert all(len(tok.piece(i)) == 1 for i in ids)
+    with pytest.raises(TokenizerError, match="vocab_size must be > 0 for a bpe"):
+        train_tokenizer(manifests, 0, "bpe", tmp_path / "bpe")
