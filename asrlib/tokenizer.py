@@ -131,7 +131,6 @@ def train_tokenizer(
             sentence_iterator=iter(texts),
             model_writer=buffer,
             vocab_size=vocab_size if vocab_size > 0 else 1 << 20,
-            hard_vocab_limit=model_type != "char",  # char: as many pieces as there are characters
             model_type=model_type,
             normalization_rule_name="identity",
             character_coverage=1.0,
@@ -140,6 +139,9 @@ def train_tokenizer(
             unk_id=0,
             num_threads=1,
             minloglevel=2,
+            # char: as many pieces as there are characters (vocab_size only bounds them). Passed only
+            # there, so that a bpe/unigram model file stays byte-identical to one trained before.
+            **({"hard_vocab_limit": False} if model_type == "char" else {}),
         )
     except RuntimeError as e:
         raise TokenizerError(f"SentencePiece training failed for vocab_size={vocab_size}, model_type={model_type}: {e}") from None
