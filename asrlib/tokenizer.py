@@ -9,7 +9,7 @@ Training is offline and reproducible (one thread, fixed seed).
     asrlib tokenizer train --manifest M --model-type char --out DIR      (one piece per character)
 
 ``char`` is a letter-level vocabulary: every character of the training text is a piece, plus
-``<unk>`` and the word-start marker; ``vocab_size`` is then only an upper bound (0 = no bound).
+``<unk>`` and the word-start marker; its size follows from the text (leave ``vocab_size`` 0).
 
 Shapes: text (str) <-> ids (U,) list[int].
 """
@@ -109,10 +109,13 @@ def train_tokenizer(
     """Train on the ``text`` of every manifest line -> path of out_dir/tokenizer.model.
 
     Also writes tokenizer.vocab. Refuses to overwrite an existing model unless ``force``.
-    ``model_type="char"``: one piece per character; ``vocab_size`` is an upper bound (0 = none).
+    ``model_type="char"``: one piece per character; ``vocab_size`` must be 0 (the text decides).
     """
     if model_type not in MODEL_TYPES:
         raise TokenizerError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    if model_type == "char" and vocab_size != 0:
+        raise TokenizerError(f"a char tokenizer has one piece per character of the text; leave vocab_size out "
+                             f"(0), got {vocab_size}")
     if vocab_size <= 0 and model_type != "char":
         raise TokenizerError(f"vocab_size must be > 0 for a {model_type} tokenizer, got {vocab_size}")
     out = Path(out_dir)
@@ -130,7 +133,7 @@ def train_tokenizer(
         spm.SentencePieceTrainer.Train(
             sentence_iterator=iter(texts),
             model_writer=buffer,
-            vocab_size=vocab_size if vocab_size > 0 else 1 << 20,
+            vocab_size=vocab_size if model_type != "char" else 1 << 20,
             model_type=model_type,
             normalization_rule_name="identity",
             character_coverage=1.0,
@@ -139,8 +142,8 @@ def train_tokenizer(
             unk_id=0,
             num_threads=1,
             minloglevel=2,
-            # char: as many pieces as there are characters (vocab_size only bounds them). Passed only
-            # there, so that a bpe/unigram model file stays byte-identical to one trained before.
+            # char: as many pieces as there are characters. Passed only there, so that a bpe or
+            # unigram model file stays byte-identical to one trained before this option existed.
             **({"hard_vocab_limit": False} if model_type == "char" else {}),
         )
     except RuntimeError as e:
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on the text of JSONL manifests")
     train.add_argument("--manifest", action="append", required=True, help="JSONL manifest (repeatable)")
-    train.add_argument("--vocab-size", type=int, default=0, help="pieces (bpe, unigram); an upper bound for char")
+    train.add_argument("--vocab-size", type=int, default=0, help="pieces (bpe, unigram; required); char: leave out")
     train.add_argument("--model-type", choices=MODEL_TYPES, default="unigram")
     train.add_argument("--out", required=True, help="folder for tokenizer.model and tokenizer.vocab")
     train.add_argument("--force", action="store_true", help="replace an existing tokenizer.model")

@@ -94,3 +94,5 @@ def test_char_tokenizer_has_one_piece_per_character(manifests, tmp_path):
         assert all(len(tok.piece(i)) == 1 for i in ids)
     with pytest.raises(TokenizerError, match="vocab_size must be > 0 for a bpe"):
         train_tokenizer(manifests, 0, "bpe", tmp_path / "bpe")
+    with pytest.raises(TokenizerError, match="one piece per character"):  # a bound would turn letters into <unk>
+        train_tokenizer(manifests, 10, "char", tmp_path / "char10")
