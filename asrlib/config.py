@@ -164,6 +164,7 @@ class SpecAugmentConfig:
     freq_width: int = 15  # max mel bins per mask
     time_masks: int = 2
     time_width: float = 0.05  # max fraction of the utterance per mask
+    start_step: int = 0  # the first optimiser steps train without SpecAugment (a faster learning start)
 
 
 @dataclass

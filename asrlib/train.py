@@ -258,7 +258,8 @@ class Trainer:
                                      enabled=self.amp_dtype is not None):
                 args = (t.to(self.device, non_blocking=True) for t in (batch.audio, batch.audio_lengths,
                                                                         batch.tokens, batch.token_lengths))
-                noise = spec_augment_noise(len(batch), self.cfg.spec_augment, gen).to(self.device)
+                noise = (spec_augment_noise(len(batch), self.cfg.spec_augment, gen).to(self.device)
+                         if step >= self.cfg.spec_augment.start_step else None)  # None: no SpecAugment
                 # the pruned loss's scales warm up with the step (passed only there: a changing int
                 # would make torch.compile recompile the full loss for nothing)
                 out = module(*args, noise, **({"step": step} if self.cfg.loss.rnnt == "pruned" else {}))

@@ -554,3 +554,25 @@ def test_without_validation_best_model_holds_the_latest_weights(tmp_path):
     exported, _ = load_model(tmp_path / "run" / "best_model")
     for name, value in tr.model.state_dict().items():
         assert torch.equal(exported.state_dict()[name], value.cpu()), name
+
+
+def test_spec_augment_starts_at_its_step(tmp_path, monkeypatch):
+    import asrlib.losses.hybrid as hybrid
+
+    masked_at = []  # the optimiser step of every SpecAugment call
+    real = hybrid.apply_spec_augment
+
+    def spy(*args, **kwargs):
+        masked_at.append(tr.progress.step)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hybrid, "apply_spec_augment", spy)
+    train = make_manifest(tmp_path, SHORT)
+    cfg = tiny_config(tmp_path / "run", train, "spec_augment.start_step=2", "train_dataset.num_buckets=1",
+                      "train_dataset.batch_seconds=100.0")
+    tr = Trainer(cfg)
+    tr.setup()
+    batch = next(tr.micro_batches())
+    for _ in range(4):
+        tr.train_step([batch])
+    assert masked_at == [2, 3]
