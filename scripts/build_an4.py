@@ -6,9 +6,10 @@ AN4_DIR defaults to ../shared/data/an4 relative to the repository root. Runs the
 (``asrlib prepare an4``) with DEV_SPEAKERS training speakers held out as dev (seed SEED),
 Ogg Opus audio at OPUS_KBPS kbit/s, and never the official test set (held out for blind
 evaluation, even when AN4_DIR has it); trains two SentencePiece tokenizers on the train text,
-the recipe's letter-level one into <out>/tokenizer/ and a 128-piece BPE (in practice one
-piece per AN4 word) into <out>/tokenizer_bpe128/, to compare with; copies AN4's LICENSE (CMU's copyright notice, which redistribution must
-keep) to <out>/LICENSE. Deterministic: the same arguments give the same manifests and tokenizer.
+the recipe's letter-level one into <out>/tokenizer/ and a 128-piece BPE (in practice one piece
+per AN4 word) into <out>/tokenizer_bpe128/, to compare with; copies AN4's LICENSE (CMU's
+copyright notice, which redistribution must keep) to <out>/LICENSE. Deterministic: the same
+arguments give the same manifests and tokenizers.
 """
 
 from __future__ import annotations
