@@ -83,8 +83,8 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
+    found = sorted((step, p) for p in folder.iterdir() if (step := step_of(p)) is not None)
+    return [p for _, p in found]
 
 
 def rotate(folder: str | Path, keep_last: int, up_to_step: int | None = None) -> None:
@@ -92,7 +92,7 @@ def rotate(folder: str | Path, keep_last: int, up_to_step: int | None = None) ->
 
     Only checkpoints of step <= ``up_to_step`` are candidates (None: all).
     """
-    mine = [p for p in list_checkpoints(folder) if up_to_step is None or _step(p) <= up_to_step]
+    mine = [p for p in list_checkpoints(folder) if up_to_step is None or step_of(p) <= up_to_step]
     for p in mine[:-keep_last] if keep_last > 0 else []:
         p.unlink(missing_ok=True)
 
@@ -101,10 +101,6 @@ def step_of(path: str | Path) -> int | None:
     """The step of a ``step-*.pt`` file name (None for any other name, e.g. ``best.pt``)."""
     m = _STEP_RE.match(Path(path).name)
     return int(m.group(1)) if m else None
-
-
-def _step(path: Path) -> int:
-    return step_of(path)
 
 
 def tokenizer_state(tokenizer) -> dict:
