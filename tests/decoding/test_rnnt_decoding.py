@@ -137,23 +137,32 @@ def test_greedy_in_chunks_equals_whole(chunk):
 
 
 # ---------------------------------------------------------------- modified beam search
-def path_score(pred, joint, enc, tokens, stamps):
-    """Log-prob of the one-symbol-per-frame path given by tokens and their frames."""
+def path_score(pred, joint, enc, tokens, stamps, cap=1):
+    """Log-prob of the path given by tokens and their frames: a frame's tokens in order, then
+    its blank, unless it emitted ``cap`` tokens (the cap closes it with nothing added)."""
     out, state = pred.step(torch.tensor([BLANK]), pred.init_state(1))
-    emitted = dict(zip(stamps, tokens))
-    assert len(emitted) == len(tokens), "at most one token per frame"
-    score = 0.0
+    assert list(stamps) == sorted(stamps)
+    score, i = 0.0, 0
     for t in range(enc.shape[0]):
-        logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
-        k = emitted.get(t, BLANK)
-        score += float(logp[k])
-        if k != BLANK:
-            out, state = pred.step(torch.tensor([k]), state)
+        on_frame = 0
+        while True:
+            logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
+            if i < len(tokens) and stamps[i] == t:
+                score += float(logp[tokens[i]])
+                out, state = pred.step(torch.tensor([tokens[i]]), state)
+                i, on_frame = i + 1, on_frame + 1
+                if on_frame == cap:
+                    break
+            else:
+                score += float(logp[BLANK])
+                break
+    assert i == len(tokens), "every token on a frame of the utterance, at most cap per frame"
     return score
 
 
-def beam_decode(pred, joint, enc, lengths, beam_size):
-    return RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, beam_size=beam_size)).decode(pred, joint, enc, lengths)
+def beam_decode(pred, joint, enc, lengths, beam_size, cap=1):
+    opts = RNNTBeamOptions(blank=BLANK, beam_size=beam_size, max_symbols_per_frame=cap)
+    return RNNTBeamDecoder(opts).decode(pred, joint, enc, lengths)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -206,3 +215,68 @@ def test_beam_scores_its_path_and_beats_greedy(seed):
             recomputed = path_score(pred, joint, enc[b, : int(lengths[b])], r.tokens, r.timestamps)
         assert r.score == pytest.approx(recomputed, abs=1e-4)
         assert r.score >= g.score - 1e-5
+
+
+def all_paths_capped(pred, joint, enc, cap, t=0, on_frame=0, out=None, state=None):
+    """Brute force: every path with at most ``cap`` tokens per frame, as (score, tokens)."""
+    if out is None:
+        out, state = pred.step(torch.tensor([BLANK]), pred.init_state(1))
+    if t == enc.shape[0]:
+        return [(0.0, ())]
+    logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
+    paths = [(float(logp[BLANK]) + s, toks) for s, toks in all_paths_capped(pred, joint, enc, cap, t + 1, 0, out, state)]
+    for k in range(V):
+        out_k, state_k = pred.step(torch.tensor([k]), state)
+        nxt = (t + 1, 0) if on_frame + 1 == cap else (t, on_frame + 1)  # the cap closes the frame
+        rest = all_paths_capped(pred, joint, enc, cap, *nxt, out_k, state_k)
+        paths += [(float(logp[k]) + s, (k,) + toks) for s, toks in rest]
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("cap", [2, 3])
+def test_exhaustive_beam_with_several_symbols_per_frame_equals_brute_force(seed, cap):
+    pred, joint, enc = small_model(seed)
+    T = {2: 3, 3: 2}[cap]  # 13**3 and 40**2 paths
+    enc = enc[:1, :T]  # (1, T, De)
+    with torch.no_grad():
+        paths = all_paths_capped(pred, joint, enc[0], cap)
+    per_frame = sum(V**j for j in range(cap + 1))  # blank after 0 .. cap - 1 tokens, or cap tokens
+    assert len(paths) == per_frame**T
+    best_score, best_tokens = max(paths)
+    (res,) = beam_decode(pred, joint, enc, torch.tensor([T]), beam_size=10**6, cap=cap)
+    assert tuple(res.tokens) == best_tokens
+    assert res.score == pytest.approx(best_score, abs=1e-5)
+    with torch.no_grad():
+        assert res.score == pytest.approx(path_score(pred, joint, enc[0], res.tokens, res.timestamps, cap), abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_with_several_symbols_per_frame_scores_its_path(seed):
+    pred, joint, enc = small_model(seed)
+    lengths = torch.tensor([13, 11, 4])
+    cap = 3
+    for b, r in enumerate(beam_decode(pred, joint, enc, lengths, 4, cap=cap)):
+        assert max(r.timestamps.count(t) for t in set(r.timestamps)) <= cap if r.tokens else True
+        with torch.no_grad():
+            recomputed = path_score(pred, joint, enc[b, : int(lengths[b])], r.tokens, r.timestamps, cap)
+        assert r.score == pytest.approx(recomputed, abs=1e-4)
+
+
+def test_beam_emits_several_tokens_on_one_frame_where_the_script_needs_them():
+    # the oracle: 3 tokens due by frame 1 and 2 more by frame 3, on 4 frames; with one symbol
+    # per frame the search cannot emit them all, with 3 it emits them where they are due
+    joint, pred = ScriptJoint([0, 1, 2, 1, 0]), CountingPredNet()
+    enc = torch.tensor([[[1.0], [3.0], [3.0], [5.0]]])  # (1, T, 1): c[t] per frame
+    opts = RNNTBeamOptions(blank=BLANK, beam_size=3, max_symbols_per_frame=3)
+    (res,) = RNNTBeamDecoder(opts).decode(pred, joint, enc, torch.tensor([4]))
+    assert res.tokens == [0, 1, 2, 1, 0]
+    assert res.timestamps == [0, 1, 1, 3, 3]
+    (one,) = RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, beam_size=3, max_symbols_per_frame=1)).decode(
+        pred, joint, enc, torch.tensor([4]))
+    assert len(one.tokens) == 4  # one per frame at most: a token is lost
+
+
+def test_beam_rejects_a_cap_below_one():
+    with pytest.raises(ValueError, match="max_symbols_per_frame"):
+        RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, max_symbols_per_frame=0))
