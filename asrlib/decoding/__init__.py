@@ -1,4 +1,4 @@
-"""Decoders: CTC greedy / prefix beam, RNN-T greedy (batched, streamable) / modified beam."""
+"""Decoders: CTC greedy / prefix beam, RNN-T greedy (batched, streamable) / beam."""
 
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
 from asrlib.decoding.result import DecodingResult

@@ -285,7 +285,8 @@ class RNNTBeamDecoder:
             ranked = sorted(closed.items(), key=lambda kv: -kv[1][0])[:beam]
             hyps = [(seq, stamps) for seq, (_, stamps, _, _) in ranked]
             scores = [c[0] for _, c in ranked]
-            pred_state = st.concat([st.select(rounds[r][0], torch.tensor([a], device=dev)) for _, (_, _, r, a) in ranked])
-            pred_proj = torch.cat([rounds[r][1][a : a + 1] for _, (_, _, r, a) in ranked])
+            rows = [(r, a) for _, (_, _, r, a) in ranked]  # where each survivor's prediction state is
+            pred_state = st.concat([st.select(rounds[r][0], torch.tensor([a], device=dev)) for r, a in rows])
+            pred_proj = torch.cat([rounds[r][1][a : a + 1] for r, a in rows])
         best = max(range(len(scores)), key=scores.__getitem__)
         return list(hyps[best][0]), list(hyps[best][1]), scores[best]

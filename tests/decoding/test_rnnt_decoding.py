@@ -1,4 +1,4 @@
-"""RNN-T greedy and modified beam search: an oracle fake model, slow loops, brute force."""
+"""RNN-T greedy and beam search: an oracle fake model, slow loops, brute force."""
 
 import math
 from dataclasses import dataclass
@@ -136,7 +136,7 @@ def test_greedy_in_chunks_equals_whole(chunk):
         assert c.score == pytest.approx(w.score, abs=1e-5)
 
 
-# ---------------------------------------------------------------- modified beam search
+# ---------------------------------------------------------------- beam search (one symbol per frame, then several)
 def path_score(pred, joint, enc, tokens, stamps, cap=1):
     """Log-prob of the path given by tokens and their frames: a frame's tokens in order, then
     its blank, unless it emitted ``cap`` tokens (the cap closes it with nothing added)."""
@@ -224,7 +224,8 @@ def all_paths_capped(pred, joint, enc, cap, t=0, on_frame=0, out=None, state=Non
     if t == enc.shape[0]:
         return [(0.0, ())]
     logp = joint(enc[None, t : t + 1], out[:, None]).log_softmax(-1)[0, 0, 0]  # (V + 1,)
-    paths = [(float(logp[BLANK]) + s, toks) for s, toks in all_paths_capped(pred, joint, enc, cap, t + 1, 0, out, state)]
+    after_blank = all_paths_capped(pred, joint, enc, cap, t + 1, 0, out, state)
+    paths = [(float(logp[BLANK]) + s, toks) for s, toks in after_blank]
     for k in range(V):
         out_k, state_k = pred.step(torch.tensor([k]), state)
         nxt = (t + 1, 0) if on_frame + 1 == cap else (t, on_frame + 1)  # the cap closes the frame
