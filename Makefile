@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS  ?= notebooks,onnx,dev
 DEMO_OUT ?= runs/demo
 # make demo DATA=an4 (or make demo-an4) trains configs/an4.toml on the bundled AN4 speech;
-# DATA=an4-long trains configs/an4_long.toml (about 40 minutes: the run behind models/an4).
+# DATA=an4-long trains configs/an4_long.toml (about 80 minutes: the run behind models/an4).
 DATA    ?= digits
 DEMO_CONFIG := $(if $(filter an4,$(DATA)),configs/an4.toml,$(if $(filter an4-long,$(DATA)),configs/an4_long.toml,configs/demo.toml))
 # make demo SEED=2: another seed, in its own folder (runs/demo-seed2)
