@@ -234,12 +234,40 @@ def all_paths_capped(pred, joint, enc, cap, t=0, on_frame=0, out=None, state=Non
     return paths
 
 
+class TableJoint:
+    """Logits from a random table indexed by frame t (carried in enc[..., 0]) and the number of
+    tokens so far u (CountingPredNet's output): blank and tokens compete differently at every
+    (t, u), so the best path mixes frames of 0, 1, 2 ... cap tokens."""
+
+    def __init__(self, seed, T, cap):
+        g = torch.Generator().manual_seed(seed)
+        self.table = 3.0 * torch.randn(T, T * cap + 1, V + 1, generator=g)  # (T, U, V + 1)
+
+    def project_encoder(self, enc):
+        return enc
+
+    def project_prediction(self, out):
+        return out
+
+    def combine(self, e, p):
+        t, u = torch.broadcast_tensors(e[..., 0], p[..., 0])
+        return self.table[t.long(), u.long()]
+
+    def __call__(self, enc, out):  # (B, T, 1), (B, U, 1) -> (B, T, U, V + 1), as Joint.forward
+        return self.combine(enc[:, :, None], out[:, None])
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("cap", [2, 3])
-def test_exhaustive_beam_with_several_symbols_per_frame_equals_brute_force(seed, cap):
-    pred, joint, enc = small_model(seed)
+@pytest.mark.parametrize("model", ["nets", "table"])
+def test_exhaustive_beam_with_several_symbols_per_frame_equals_brute_force(seed, cap, model):
     T = {2: 3, 3: 2}[cap]  # 13**3 and 40**2 paths
-    enc = enc[:1, :T]  # (1, T, De)
+    if model == "nets":
+        pred, joint, enc = small_model(seed)
+        enc = enc[:1, :T]  # (1, T, De)
+    else:
+        pred, joint = CountingPredNet(), TableJoint(seed, T, cap)
+        enc = torch.arange(T, dtype=torch.float)[None, :, None]  # (1, T, 1): the frame index
     with torch.no_grad():
         paths = all_paths_capped(pred, joint, enc[0], cap)
     per_frame = sum(V**j for j in range(cap + 1))  # blank after 0 .. cap - 1 tokens, or cap tokens
@@ -253,10 +281,15 @@ def test_exhaustive_beam_with_several_symbols_per_frame_equals_brute_force(seed,
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_beam_with_several_symbols_per_frame_scores_its_path(seed):
-    pred, joint, enc = small_model(seed)
-    lengths = torch.tensor([13, 11, 4])
+@pytest.mark.parametrize("model", ["nets", "table"])
+def test_beam_with_several_symbols_per_frame_scores_its_path(seed, model):
     cap = 3
+    if model == "nets":
+        pred, joint, enc = small_model(seed)
+    else:
+        pred, joint = CountingPredNet(), TableJoint(seed, 13, cap)
+        enc = torch.arange(13, dtype=torch.float)[None, :, None].expand(3, 13, 1)  # (B, T, 1)
+    lengths = torch.tensor([13, 11, 4])
     for b, r in enumerate(beam_decode(pred, joint, enc, lengths, 4, cap=cap)):
         assert all(r.timestamps.count(t) <= cap for t in r.timestamps)
         with torch.no_grad():
