@@ -31,18 +31,22 @@ class CountingPredNet:
         return n, CountState(n)
 
 
-class ScriptJoint:
-    """Encoder frame t carries c[t], the tokens due by the end of frame t. While u < c[t] the
-    joint strongly prefers script[u], otherwise blank (logit 10 against 0 for the rest)."""
-
-    def __init__(self, script):
-        self.script = torch.tensor(script)
+class IdentityProjections:
+    """Fake joints whose encoder and prediction projections pass their input through."""
 
     def project_encoder(self, enc):
         return enc
 
     def project_prediction(self, out):
         return out
+
+
+class ScriptJoint(IdentityProjections):
+    """Encoder frame t carries c[t], the tokens due by the end of frame t. While u < c[t] the
+    joint strongly prefers script[u], otherwise blank (logit 10 against 0 for the rest)."""
+
+    def __init__(self, script):
+        self.script = torch.tensor(script)
 
     def combine(self, e, p):
         due, u = torch.broadcast_tensors(e[..., 0], p[..., 0])
@@ -234,7 +238,7 @@ def all_paths_capped(pred, joint, enc, cap, t=0, on_frame=0, out=None, state=Non
     return paths
 
 
-class TableJoint:
+class TableJoint(IdentityProjections):
     """Logits from a random table indexed by frame t (carried in enc[..., 0]) and the number of
     tokens so far u (CountingPredNet's output): blank and tokens compete differently at every
     (t, u), so the best path mixes frames of 0, 1, 2 ... cap tokens."""
@@ -242,12 +246,6 @@ class TableJoint:
     def __init__(self, seed, T, cap):
         g = torch.Generator().manual_seed(seed)
         self.table = 3.0 * torch.randn(T, T * cap + 1, V + 1, generator=g)  # (T, U, V + 1)
-
-    def project_encoder(self, enc):
-        return enc
-
-    def project_prediction(self, out):
-        return out
 
     def combine(self, e, p):
         t, u = torch.broadcast_tensors(e[..., 0], p[..., 0])
