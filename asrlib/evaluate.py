@@ -34,7 +34,7 @@ from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
-from asrlib.metrics import EditCounts, error_report, word_counts
+from asrlib.metrics import EditCounts, char_counts, error_report, word_counts
 from asrlib.model.hybrid import HybridASR
 from asrlib.streaming import DECODERS as STREAM_DECODERS
 from asrlib.streaming import StreamingRecognizer
@@ -123,12 +123,13 @@ def skipped_line(r: dict) -> str:
 @torch.no_grad()
 def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokenizer, device, cfg: Config,
                      rank: int = 0, world: int = 1) -> dict:
-    """Losses and greedy WER (CTC and RNN-T) of ``model`` on ``dataset``.
+    """Losses and greedy WER and CER (CTC and RNN-T) of ``model`` on ``dataset``.
 
     Under DDP (``world`` > 1, a process group initialised) each rank decodes every ``world``-th
     batch of the duration-sorted plan (no batch twice: nothing is padded) and the ranks sum
-    their counts (loss sums, utterances, word errors, reference words) with one all_reduce, so
-    every rank returns the WER and losses of the whole set, ``world`` times faster. The
+    their counts (loss sums, utterances, word and character errors, reference lengths) with one
+    all_reduce, so every rank returns the WER, CER and losses of the whole set, ``world`` times
+    faster. The
     ``examples`` are this rank's.
     """
     vd = cfg.validation_dataset
@@ -159,21 +160,23 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
                                                        tokenizer.decode)]
         refs += batch.texts
     c, r = word_counts(refs, ctc_hyps), word_counts(refs, rnnt_hyps)
-    counts = [sums["loss"], sums["rnnt"], sums["ctc"], n, c.ref_len, c.errors, r.errors]
+    cc, rc = char_counts(refs, ctc_hyps), char_counts(refs, rnnt_hyps)
+    counts = [sums["loss"], sums["rnnt"], sums["ctc"], n, c.ref_len, c.errors, r.errors, cc.ref_len, cc.errors, rc.errors]
     if world > 1:
         t = torch.tensor(counts, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
         counts = t.tolist()
-    loss, rnnt, ctc, n, words, ctc_errors, rnnt_errors = counts
+    loss, rnnt, ctc, n, words, ctc_errors, rnnt_errors, chars, ctc_char_errors, rnnt_char_errors = counts
     result = {"loss": loss / max(n, 1), "rnnt": rnnt / max(n, 1), "ctc": ctc / max(n, 1)}
-    result.update(wer_ctc=_rate(ctc_errors, words), wer_rnnt=_rate(rnnt_errors, words), num_utterances=float(n))
+    result.update(wer_ctc=_rate(ctc_errors, words), wer_rnnt=_rate(rnnt_errors, words),
+                  cer_ctc=_rate(ctc_char_errors, chars), cer_rnnt=_rate(rnnt_char_errors, chars), num_utterances=float(n))
     result["examples"] = list(zip(refs, rnnt_hyps))
     return result
 
 
-def _rate(errors: float, words: float) -> float:
-    """WER from summed counts, as EditCounts.rate defines it (no reference words: 0 or 1)."""
-    return EditCounts(ref_len=int(round(words)), insertions=int(round(errors))).rate
+def _rate(errors: float, units: float) -> float:
+    """WER or CER from summed counts, as EditCounts.rate defines it (an empty reference: 0 or 1)."""
+    return EditCounts(ref_len=int(round(units)), insertions=int(round(errors))).rate
 
 
 @report_usage_errors("evaluate", TokenizerError, ManifestError, FileNotFoundError)

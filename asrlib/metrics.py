@@ -85,6 +85,12 @@ def word_counts(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> EditCou
     return _total(refs, hyps, "word")
 
 
+def char_counts(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> EditCounts:
+    """Summed character edit counts (spaces between words included), the CER's counterpart of
+    ``word_counts``."""
+    return _total(refs, hyps, "char")
+
+
 def wer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> float:
     """Corpus word error rate, a fraction. ``wer(["a b c d"], ["a x c"]) == 0.5``."""
     return _total(refs, hyps, "word").rate
@@ -92,7 +98,7 @@ def wer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> float:
 
 def cer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> float:
     """Corpus character error rate, a fraction (spaces between words are characters)."""
-    return _total(refs, hyps, "char").rate
+    return char_counts(refs, hyps).rate
 
 
 def error_report(refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str] | None = None) -> dict:

@@ -6,8 +6,9 @@
 For each run folder, from its ``metrics.jsonl`` (training curves) and ``metrics.json`` (the
 demo's final table): the first evaluated step at which the validation WER of the RNN-T head
 (and of the CTC head) is below 90 %, as a step and as a fraction of the run; the last
-validation WER of both heads; the WER of every split/decoder in the final table; training
-minutes and audio-seconds per second (the trainer's own count, all processes together).
+validation WER and CER of both heads; the WER and CER of every split/decoder in the final
+table; training minutes and audio-seconds per second (the trainer's own count, all processes
+together).
 Then, for every number, the median and [min, max] over the runs.
 """
 
@@ -33,10 +34,12 @@ def summarise(run: Path) -> dict:
         s = first_below(valid, suffix)
         out[f"steps_to_90_{head}"] = s
         out[f"fraction_to_90_{head}"] = None if s is None else round(s / steps, 3)
-        last = [v for k, v in valid[-1].items() if k.endswith(suffix)] if valid else []
-        out[f"last_dev_wer_{head}"] = round(100 * last[0], 2) if last else None
+        for unit in ("wer", "cer"):  # runs from before the CER was logged have no cer keys
+            last = [v for k, v in valid[-1].items() if k.endswith(f"{unit}_{head}")] if valid else []
+            out[f"last_dev_{unit}_{head}"] = round(100 * last[0], 2) if last else None
     for key, r in final["results"].items():
         out[f"wer:{key}"] = round(100 * r["wer"], 2)
+        out[f"cer:{key}"] = round(100 * r["cer"], 2)
     out["train_minutes"] = round(final["train_minutes_this_run"], 2)
     if train:
         out["audio_seconds_per_second"] = round(train[-1].get("audio_seconds_per_second", 0.0), 1)

@@ -304,7 +304,8 @@ def test_ddp_validation_is_sharded_and_gives_the_one_process_wer(tmp_path):
     one.setup()
     want = one.evaluate()
     assert got["valid/num_utterances"] == want["valid/num_utterances"] == 5
-    assert got["valid/wer_rnnt"] == want["valid/wer_rnnt"] and got["valid/wer_ctc"] == want["valid/wer_ctc"]
+    for k in ("valid/wer_rnnt", "valid/wer_ctc", "valid/cer_rnnt", "valid/cer_ctc"):
+        assert got[k] == want[k], k
     for k in ("valid/loss", "valid/rnnt", "valid/ctc"):
         assert got[k] == pytest.approx(want[k], rel=1e-5), k
 
@@ -576,3 +577,40 @@ def test_spec_augment_starts_at_its_step(tmp_path, monkeypatch):
     for _ in range(4):
         tr.train_step([batch])
     assert masked_at == [2, 3]
+
+
+def test_validation_wer_and_cer_are_the_corpus_rates_of_each_utterance_decoded_alone(tmp_path):
+    """The trainer's validation decodes duration-sorted batches and sums edit counts. Reference:
+    each utterance decoded alone (batch of one), both heads, scored by metrics.wer / metrics.cer
+    over the whole list."""
+    from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
+    from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
+    from asrlib.evaluate import evaluate_dataset
+    from asrlib.metrics import cer, wer
+
+    train = make_manifest(tmp_path, SHORT)
+    valid = make_manifest(tmp_path, [6, 9, 11, 13, 15], "valid.jsonl")
+    tr = Trainer(tiny_config(tmp_path / "run", train, "trainer.max_steps=1", "validation_dataset.max_batch_size=3",
+                             valid=valid))
+    tr.setup()
+    tr.model.eval()
+    (_, dataset), = tr.val_sets
+    got = evaluate_dataset(tr.model, dataset, tr.tokenizer, tr.device, tr.cfg)
+    refs, hyps = {"ctc": [], "rnnt": []}, {"ctc": [], "rnnt": []}
+    blank = tr.model.blank
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            batch = dataset.collate([dataset[i]])
+            enc, lengths = tr.model(batch.audio, batch.audio_lengths)
+            ctc = CTCGreedyDecoder(CTCGreedyOptions(blank=blank)).decode(tr.model.ctc_head(enc), lengths,
+                                                                         tr.tokenizer.decode)
+            rnnt = RNNTGreedyDecoder(RNNTGreedyOptions(blank=blank)).decode(
+                tr.model.prediction, tr.model.joint, enc, lengths, tr.tokenizer.decode)
+            for head, result in (("ctc", ctc), ("rnnt", rnnt)):
+                refs[head].append(batch.texts[0])
+                hyps[head].append(result[0].text)
+    assert got["num_utterances"] == 5
+    assert any(hyps["rnnt"]), "the seeded model should say something, or the rates test nothing"
+    for head in ("ctc", "rnnt"):
+        assert got[f"wer_{head}"] == pytest.approx(wer(refs[head], hyps[head]), abs=1e-12), head
+        assert got[f"cer_{head}"] == pytest.approx(cer(refs[head], hyps[head]), abs=1e-12), head
