@@ -46,8 +46,9 @@ DECODERS = ("ctc_greedy", "ctc_beam", "rnnt_greedy", "rnnt_beam")
 
 @torch.no_grad()
 def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rnnt_greedy", beam: int = 4,
-                   detokenize=None, device: str = "cpu") -> list[DecodingResult]:
-    """Decode a list of waveforms (at the model's rate) as one padded batch."""
+                   detokenize=None, device: str = "cpu", max_symbols: int = 5) -> list[DecodingResult]:
+    """Decode a list of waveforms (at the model's rate) as one padded batch. ``max_symbols`` caps
+    the tokens an RNN-T decoder emits per encoder frame (greedy and beam alike)."""
     lengths = torch.tensor([len(w) for w in waves])
     audio = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
     for b, w in enumerate(waves):
@@ -59,21 +60,22 @@ def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rn
         dec = CTCPrefixBeamDecoder(CTCPrefixBeamOptions(model.blank, beam_size=beam))
         return dec.decode(model.ctc_head(enc), enc_lengths, detokenize)
     if decoder == "rnnt_greedy":
-        return RNNTGreedyDecoder(RNNTGreedyOptions(model.blank)).decode(model.prediction, model.joint, enc,
-                                                                         enc_lengths, detokenize)
+        return RNNTGreedyDecoder(RNNTGreedyOptions(model.blank, max_symbols)).decode(
+            model.prediction, model.joint, enc, enc_lengths, detokenize)
     if decoder == "rnnt_beam":
-        dec = RNNTBeamDecoder(RNNTBeamOptions(model.blank, beam_size=beam))
+        dec = RNNTBeamDecoder(RNNTBeamOptions(model.blank, beam_size=beam, max_symbols_per_frame=max_symbols))
         return dec.decode(model.prediction, model.joint, enc, enc_lengths, detokenize)
     raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
 
 
 def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Path, decoder: str = "rnnt_greedy",
                       beam: int = 4, stream: bool = False, piece_samples: int = 1600, batch_size: int = 16,
-                      device: str = "cpu", streams: int = 16) -> dict:
+                      device: str = "cpu", streams: int = 16, max_symbols: int = 5) -> dict:
     if stream and decoder not in STREAM_DECODERS:
         raise UsageError(f"--stream decodes with {' or '.join(STREAM_DECODERS)}, not {decoder}; drop --stream for "
                          "beam search")
-    rec = StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams) if stream else None
+    rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams, max_symbols_per_frame=max_symbols)
+           if stream else None)
     batch_size = max(batch_size, 4 * streams) if stream else batch_size  # utterances loaded at a time
     entries, report = read_manifest(manifest, strict=False)
     if not entries:
@@ -96,7 +98,7 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
         if rec is not None:
             results = rec.recognize_many(waves, piece_samples)
         else:
-            results = decode_offline(model, waves, decoder, beam, tokenizer.decode, device)
+            results = decode_offline(model, waves, decoder, beam, tokenizer.decode, device, max_symbols)
         compute_seconds += time.perf_counter() - t0
         audio_seconds += sum(len(w) for w in waves) / sr
         refs += [e.text for e in batch]
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", required=True, action="append", help="JSONL manifest (repeatable)")
     p.add_argument("--decoder", default="rnnt_greedy", choices=DECODERS)
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--max-symbols", type=int, default=5, help="RNN-T decoders: tokens one encoder frame may emit")
     p.add_argument("--stream", action="store_true", help="decode through the streaming recogniser")
     p.add_argument("--piece-samples", type=int, default=1600, help="samples fed per call when streaming")
     p.add_argument("--streams", type=int, default=16, help="utterances streamed at once (batched) with --stream")
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.streams < 1:
         raise UsageError(f"--streams must be at least 1, got {args.streams}")
+    if args.max_symbols < 1:
+        raise UsageError(f"--max-symbols must be at least 1, got {args.max_symbols}")
     torch.set_num_threads(args.threads)
     if args.json:  # before any work: a refusal should not cost a whole evaluation
         refuse_existing_file(args.json, args.force, [*args.manifest, args.checkpoint])
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for manifest in args.manifest:
         r = evaluate_manifest(model, tokenizer, manifest, args.decoder, args.beam, args.stream, args.piece_samples,
-                              device=args.device, streams=args.streams)
+                              device=args.device, streams=args.streams, max_symbols=args.max_symbols)
         reports.append(r)
         print(f"{Path(manifest).name}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  "
               f"utterances {r['num_utterances']}  RTF {r['rtf']:.4f}  ({args.decoder}{', streaming' if args.stream else ''})")

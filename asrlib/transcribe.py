@@ -64,6 +64,7 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="stream each file, printing partial hypotheses")
     p.add_argument("--decoder", default="rnnt_greedy", choices=("rnnt_greedy", "ctc_greedy", "ctc_beam", "rnnt_beam"),
                    help="beam searches run offline only")
+    p.add_argument("--max-symbols", type=int, default=5, help="RNN-T decoders: tokens one encoder frame may emit")
     p.add_argument("--piece-ms", type=float, default=160.0, help="audio fed per call when streaming")
     p.add_argument("--max-offline-seconds", type=float, default=300.0,
                    help="longer files (greedy decoders) are decoded through the streaming step in 30 s pieces: "
@@ -81,6 +82,8 @@ def _main(argv: list[str] | None = None) -> int:
     if (args.stream or args.onnx) and args.decoder not in STREAM_DECODERS:
         raise UsageError(f"--decoder {args.decoder} runs offline only; streaming decodes with "
                          f"{' or '.join(STREAM_DECODERS)} (drop --stream for beam search)")
+    if args.max_symbols < 1:
+        raise UsageError(f"--max-symbols must be at least 1, got {args.max_symbols}")
     if args.compile and (args.onnx or not args.stream):
         raise UsageError("--compile compiles the PyTorch streaming step: use it with --stream and --checkpoint "
                          "(not --onnx)")
@@ -92,7 +95,8 @@ def _main(argv: list[str] | None = None) -> int:
     if args.onnx:
         from asrlib.onnx_runtime import load_onnx_recognizer
 
-        rec = load_onnx_recognizer(args.onnx, decoder=args.decoder)  # one set of sessions for every file
+        rec = load_onnx_recognizer(args.onnx, decoder=args.decoder,  # one set of sessions for every file
+                                   max_symbols_per_frame=args.max_symbols)
         sr = rec.constants.sample_rate
         args.stream = True
     else:
@@ -103,7 +107,8 @@ def _main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
         sr = model.cfg.frontend.sample_rate
         if args.stream or args.decoder in ("rnnt_greedy", "ctc_greedy"):
-            rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder, compile=args.compile)
+            rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder, compile=args.compile,
+                                      max_symbols_per_frame=args.max_symbols)
 
     for path in args.files:
         wave = load_audio(path, sr)
@@ -117,7 +122,8 @@ def _main(argv: list[str] | None = None) -> int:
             res = rec.recognize(wave, 30 * sr)
             print(f"{path}\t{res.text}")
         else:
-            (res,) = decode_offline(model, [wave], args.decoder, detokenize=tokenizer.decode, device=args.device)
+            (res,) = decode_offline(model, [wave], args.decoder, detokenize=tokenizer.decode, device=args.device,
+                                    max_symbols=args.max_symbols)
             print(f"{path}\t{res.text}")
     return 0
 
