@@ -74,8 +74,8 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
     if stream and decoder not in STREAM_DECODERS:
         raise UsageError(f"--stream decodes with {' or '.join(STREAM_DECODERS)}, not {decoder}; drop --stream for "
                          "beam search")
-    rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams, max_symbols_per_frame=max_symbols)
-           if stream else None)
+    rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams,
+                               max_symbols_per_frame=max_symbols) if stream else None)
     batch_size = max(batch_size, 4 * streams) if stream else batch_size  # utterances loaded at a time
     entries, report = read_manifest(manifest, strict=False)
     if not entries:
@@ -131,8 +131,7 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
     batch of the duration-sorted plan (no batch twice: nothing is padded) and the ranks sum
     their counts (loss sums, utterances, word and character errors, reference lengths) with one
     all_reduce, so every rank returns the WER, CER and losses of the whole set, ``world`` times
-    faster. The
-    ``examples`` are this rank's.
+    faster. The ``examples`` are this rank's.
     """
     vd = cfg.validation_dataset
     sampler = BucketBatchSampler([e.duration for e in dataset.entries], vd.batch_seconds, vd.max_batch_size,
@@ -163,7 +162,8 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
         refs += batch.texts
     c, r = word_counts(refs, ctc_hyps), word_counts(refs, rnnt_hyps)
     cc, rc = char_counts(refs, ctc_hyps), char_counts(refs, rnnt_hyps)
-    counts = [sums["loss"], sums["rnnt"], sums["ctc"], n, c.ref_len, c.errors, r.errors, cc.ref_len, cc.errors, rc.errors]
+    counts = [sums["loss"], sums["rnnt"], sums["ctc"], n, c.ref_len, c.errors, r.errors,
+              cc.ref_len, cc.errors, rc.errors]
     if world > 1:
         t = torch.tensor(counts, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
@@ -171,7 +171,8 @@ def evaluate_dataset(model: HybridASR, dataset: AudioDataset, tokenizer: Tokeniz
     loss, rnnt, ctc, n, words, ctc_errors, rnnt_errors, chars, ctc_char_errors, rnnt_char_errors = counts
     result = {"loss": loss / max(n, 1), "rnnt": rnnt / max(n, 1), "ctc": ctc / max(n, 1)}
     result.update(wer_ctc=_rate(ctc_errors, words), wer_rnnt=_rate(rnnt_errors, words),
-                  cer_ctc=_rate(ctc_char_errors, chars), cer_rnnt=_rate(rnnt_char_errors, chars), num_utterances=float(n))
+                  cer_ctc=_rate(ctc_char_errors, chars), cer_rnnt=_rate(rnnt_char_errors, chars),
+                  num_utterances=float(n))
     result["examples"] = list(zip(refs, rnnt_hyps))
     return result
 
