@@ -93,7 +93,7 @@ def char_counts(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> EditCou
 
 def wer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> float:
     """Corpus word error rate, a fraction. ``wer(["a b c d"], ["a x c"]) == 0.5``."""
-    return _total(refs, hyps, "word").rate
+    return word_counts(refs, hyps).rate
 
 
 def cer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> float:

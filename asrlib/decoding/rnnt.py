@@ -253,19 +253,21 @@ class RNNTBeamDecoder:
         for t in range(e.shape[0]):
             # closed: seq -> (score, stamps, round, row of that round's states)
             closed: dict[tuple[int, ...], tuple[float, tuple[int, ...], int, int]] = {}
+
+            def close(end_scores: list[float], r: int) -> None:
+                """Close round r's open hypotheses with these scores; a sequence keeps its best path."""
+                for a, ((seq, stamps), s) in enumerate(zip(hyps, end_scores)):
+                    if seq not in closed or s > closed[seq][0]:
+                        closed[seq] = (s, stamps, r, a)
+
             rounds = []  # (pred_state, pred_proj) of each round's open hypotheses
             for r in range(cap + 1):
                 rounds.append((pred_state, pred_proj))
                 if r == cap:  # the cap closes the frame without a blank
-                    for a, (seq, stamps) in enumerate(hyps):
-                        if seq not in closed or scores[a] > closed[seq][0]:
-                            closed[seq] = (scores[a], stamps, r, a)
+                    close(scores, r)
                     break
                 logp = joint.combine(e[t][None], pred_proj).float().log_softmax(dim=-1).cpu()  # (A, V + 1)
-                for a, (seq, stamps) in enumerate(hyps):
-                    s = scores[a] + float(logp[a, blank])
-                    if seq not in closed or s > closed[seq][0]:
-                        closed[seq] = (s, stamps, r, a)
+                close([sc + float(lp) for sc, lp in zip(scores, logp[:, blank])], r)
                 ranked = sorted(closed.values(), key=lambda c: -c[0])[:beam]
                 floor = ranked[-1][0] if len(ranked) == beam else -math.inf
                 closed = {k: c for k, c in closed.items() if c[0] >= floor}
