@@ -205,6 +205,14 @@ class RNNTBeamOptions:
     max_symbols_per_frame: int = 5  # tokens one frame may emit (as greedy's); 1 = icefall's modified beam search
 
 
+def _close(closed: dict, hyps: list, end_scores: list[float], r: int) -> None:
+    """Close round ``r``'s open hypotheses into ``closed`` (seq -> (score, stamps, round, row))
+    with these end scores; a sequence reached by several paths keeps its best one."""
+    for a, ((seq, stamps), s) in enumerate(zip(hyps, end_scores)):
+        if seq not in closed or s > closed[seq][0]:
+            closed[seq] = (s, stamps, r, a)
+
+
 class RNNTBeamDecoder:
     """Beam search over the lattice greedy search walks: up to ``max_symbols_per_frame`` tokens
     per frame, then a blank (or the cap) ends the frame. One utterance at a time.
@@ -253,21 +261,14 @@ class RNNTBeamDecoder:
         for t in range(e.shape[0]):
             # closed: seq -> (score, stamps, round, row of that round's states)
             closed: dict[tuple[int, ...], tuple[float, tuple[int, ...], int, int]] = {}
-
-            def close(end_scores: list[float], r: int) -> None:
-                """Close round r's open hypotheses with these scores; a sequence keeps its best path."""
-                for a, ((seq, stamps), s) in enumerate(zip(hyps, end_scores)):
-                    if seq not in closed or s > closed[seq][0]:
-                        closed[seq] = (s, stamps, r, a)
-
             rounds = []  # (pred_state, pred_proj) of each round's open hypotheses
             for r in range(cap + 1):
                 rounds.append((pred_state, pred_proj))
                 if r == cap:  # the cap closes the frame without a blank
-                    close(scores, r)
+                    _close(closed, hyps, scores, r)
                     break
                 logp = joint.combine(e[t][None], pred_proj).float().log_softmax(dim=-1).cpu()  # (A, V + 1)
-                close([sc + float(lp) for sc, lp in zip(scores, logp[:, blank])], r)
+                _close(closed, hyps, [sc + float(lp) for sc, lp in zip(scores, logp[:, blank])], r)
                 ranked = sorted(closed.values(), key=lambda c: -c[0])[:beam]
                 floor = ranked[-1][0] if len(ranked) == beam else -math.inf
                 closed = {k: c for k, c in closed.items() if c[0] >= floor}
