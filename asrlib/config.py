@@ -170,6 +170,10 @@ class SpecAugmentConfig:
 @dataclass
 class LossConfig:
     ctc_weight: float = 0.3  # loss = (1 - w) * rnnt + w * ctc
+    # intermediate CTC (Lee & Watanabe 2021): the CTC head also reads the output of these encoder
+    # blocks (1-based), and loss += inter_ctc_weight * their mean CTC loss; training only
+    inter_ctc_blocks: list[int] = field(default_factory=list)
+    inter_ctc_weight: float = 0.0
     rnnt_backend: Literal["auto", "native", "torchaudio"] = "native"
     zero_infinity: bool = True  # infeasible utterances contribute 0 and are counted
     fused_t_chunk: int = 0  # native and pruned RNN-T: frames of the joint evaluated at once; 0 = auto
@@ -411,7 +415,8 @@ def _check_ranges(cfg: "Config", source: str) -> None:
 
 
 def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<config>") -> None:
-    """The [loss] keys of the pruned RNN-T loss: ranges, and the model field it needs."""
+    """The [loss] keys: the pruned RNN-T loss's ranges and the model field it needs, and the
+    intermediate CTC blocks."""
     if loss.prune_range < 2:
         raise ConfigError(f"{source}: loss.prune_range = {loss.prune_range}: expected an integer >= 2 "
                           "(tokens per frame in the pruned band; k2/icefall use 5)")
@@ -425,6 +430,11 @@ def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<
                           "expected at most 1 (the rest weighs the simple joint itself)")
     if loss.prune_warmup_steps < 0:
         raise ConfigError(f"{source}: loss.prune_warmup_steps = {loss.prune_warmup_steps}: expected an integer >= 0")
+    n = model.encoder.n_blocks
+    if any(not 1 <= b < n for b in loss.inter_ctc_blocks) or loss.inter_ctc_weight < 0:
+        raise ConfigError(f"{source}: loss.inter_ctc_blocks = {loss.inter_ctc_blocks}, inter_ctc_weight = "
+                          f"{loss.inter_ctc_weight}: expected block numbers in 1 .. {n - 1} (the last block is "
+                          "the CTC head's own input) and a weight >= 0")
     if loss.rnnt == "pruned" and not model.joint.simple_projections:
         raise ConfigError(f"{source}: loss.rnnt = \"pruned\" needs the simple projections on the model: "
                           "set model.joint.simple_projections = true (a model trained so keeps them in its "

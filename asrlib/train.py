@@ -266,7 +266,7 @@ class Trainer:
             loss = out["loss"] / len(batches)
             finite &= bool(torch.isfinite(loss))
             self.scaler.scale(loss).backward()
-            for k in ("rnnt_simple", "rnnt_pruned"):  # the pruned loss's parts, for the curves
+            for k in ("rnnt_simple", "rnnt_pruned", "inter_ctc"):  # optional parts, for the curves
                 if k in out:
                     totals[k] = totals.get(k, 0.0) + float(out[k]) / len(batches)
             for k in ("loss", "rnnt", "ctc", "infeasible"):

@@ -1,6 +1,11 @@
 """The hybrid objective: loss = (1 - w) * rnnt + w * ctc, its parts for logging, and
 ``HybridLoss``: the model and both losses in one module (what the trainer wraps in DDP).
 
+With ``loss.inter_ctc_weight`` > 0, ``HybridLoss`` adds ``inter_ctc_weight`` x the mean CTC loss
+of the CTC head (the same weights, after the encoder's final norm) over the outputs of the
+blocks ``loss.inter_ctc_blocks``: intermediate CTC (Lee & Watanabe 2021), a training-only term
+that nothing at inference reads.
+
 With ``loss.rnnt = "pruned"`` the rnnt term is ``simple_scale * simple + pruned_scale * pruned``
 (asrlib/losses/rnnt_pruned.py), the scales following icefall's warm-up over
 ``loss.prune_warmup_steps`` optimiser steps: the trainer passes ``step=`` to
@@ -71,9 +76,12 @@ class HybridLoss(nn.Module):
             if isinstance(augment, torch.Generator):
                 augment = spec_augment_noise(feats.shape[0], self.cfg.spec_augment, augment)
             feats = apply_spec_augment(feats, feat_lengths, self.cfg.spec_augment, augment)
-        enc, enc_lengths = m.encode(feats, feat_lengths)
+        taps = tuple(lc.inter_ctc_blocks) if lc.inter_ctc_weight > 0 else ()
+        enc, enc_lengths, tapped = m.encoder.forward_taps(feats, feat_lengths, taps)
         ctc = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
                        zero_infinity=lc.zero_infinity)
+        inter = [ctc_loss(m.ctc_head(h), enc_lengths, tokens, token_lengths, blank=m.blank,
+                          zero_infinity=lc.zero_infinity)[0] for h in tapped]
         pred = m.prediction(tokens)
         extra: dict[str, Tensor] = {}
         if lc.rnnt == "pruned":
@@ -84,7 +92,12 @@ class HybridLoss(nn.Module):
             if getattr(m, "simple", None) is not None:  # unused projections: a zero term keeps DDP's reducer happy
                 rnnt = (rnnt[0] + 0.0 * sum(p.sum() for p in m.simple.parameters()), rnnt[1])
         parts = LossParts.combine(rnnt, ctc, lc.ctc_weight)
-        return {"loss": parts.total, "rnnt": parts.rnnt.detach(), "ctc": parts.ctc.detach(),
+        total = parts.total
+        if inter:  # intermediate CTC: the same head on earlier blocks' outputs
+            inter_ctc = torch.stack(inter).mean()
+            total = total + lc.inter_ctc_weight * inter_ctc
+            extra["inter_ctc"] = inter_ctc.detach()
+        return {"loss": total, "rnnt": parts.rnnt.detach(), "ctc": parts.ctc.detach(),
                 "infeasible": torch.as_tensor(parts.n_infeasible_rnnt + parts.n_infeasible_ctc,
                                               dtype=torch.float32), **extra}
 

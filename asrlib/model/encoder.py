@@ -71,13 +71,22 @@ class Encoder(nn.Module):
         return self.subsampling.output_lengths(lengths)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        out, lengths, _ = self.forward_taps(feats, lengths, ())
+        return out, lengths
+
+    def forward_taps(self, feats: Tensor, lengths: Tensor, taps: tuple[int, ...]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``forward``, plus the output of each block numbered in ``taps`` (1-based) through the
+        final norm: what an intermediate CTC loss reads (training only; streaming never taps)."""
         x, lengths = self.subsampling(feats, lengths)
         x = x * self.input_scale
         if x.shape[1] == 0:  # audio shorter than one window: nothing to mix
-            return x, lengths
-        for block in self.blocks:
+            return x, lengths, [x for _ in taps]
+        tapped = []
+        for i, block in enumerate(self.blocks, start=1):
             x = block(x, lengths)
-        return self.norm(x), lengths
+            if i in taps:
+                tapped.append(self.norm(x))
+        return self.norm(x), lengths, tapped
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> EncoderState:
         return EncoderState(

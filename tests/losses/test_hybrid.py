@@ -72,3 +72,61 @@ def test_hybrid_pruned_without_projections_is_a_clear_error():
     cfg.loss.rnnt = "pruned"  # bypassing the config check
     with pytest.raises(ValueError, match="simple_projections"):
         HybridLoss(model, cfg)(*batch())
+
+
+def _manual_block_outputs(model, audio, lengths):
+    """Each block's output by hand (subsampling, input scale, blocks in turn), and the lengths."""
+    enc = model.encoder
+    feats, feat_lengths = model.features(audio, lengths)
+    x, enc_lengths = enc.subsampling(feats, feat_lengths)
+    x = x * enc.input_scale
+    outs = []
+    for block in enc.blocks:
+        x = block(x, enc_lengths)
+        outs.append(x)
+    return outs, enc_lengths
+
+
+def test_intermediate_ctc_adds_the_shared_head_on_the_tapped_blocks():
+    from asrlib.losses.hybrid import HybridLoss
+    from asrlib.model.hybrid import build_model
+
+    audio, lengths, tokens, token_lengths = batch()
+    base_cfg = tiny_cfg("model.encoder.n_blocks=3")
+    cfg = tiny_cfg("model.encoder.n_blocks=3", "loss.inter_ctc_blocks=[1, 2]", "loss.inter_ctc_weight=0.4")
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    base = HybridLoss(model, base_cfg)(audio, lengths, tokens, token_lengths)
+    out = HybridLoss(model, cfg)(audio, lengths, tokens, token_lengths)
+    # reference: the CTC head (after the encoder's final norm) on blocks 1 and 2, averaged
+    outs, enc_lengths = _manual_block_outputs(model, audio, lengths)
+    inter = [torch.nn.functional.ctc_loss(model.ctc_head(model.encoder.norm(h)).transpose(0, 1), tokens, enc_lengths,
+                                          token_lengths, blank=model.blank, reduction="none")
+             for h in outs[:2]]
+    want = torch.stack([v.sum() / token_lengths.sum() for v in inter]).mean()  # "mean_tokens": sum / all tokens
+    assert out["inter_ctc"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 0.4 * want.item(), rel=1e-5)
+    assert (out["rnnt"].item(), out["ctc"].item()) == (base["rnnt"].item(), base["ctc"].item())
+    assert "inter_ctc" not in base
+
+
+def test_encoder_taps_do_not_change_the_output():
+    from asrlib.model.hybrid import build_model
+
+    audio, lengths, _, _ = batch()
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("model.encoder.n_blocks=3").model).eval()
+    feats, feat_lengths = model.features(audio, lengths)
+    plain, plain_lengths = model.encoder(feats, feat_lengths)
+    tapped_out, tapped_lengths, taps = model.encoder.forward_taps(feats, feat_lengths, (2,))
+    outs, _ = _manual_block_outputs(model, audio, lengths)
+    assert torch.equal(plain, tapped_out) and torch.equal(plain_lengths, tapped_lengths)
+    assert len(taps) == 1 and torch.allclose(taps[0], model.encoder.norm(outs[1]))
+
+
+@pytest.mark.parametrize("blocks, weight", [("[3]", "0.3"), ("[0]", "0.3"), ("[1]", "-1.0")])
+def test_intermediate_ctc_config_errors(blocks, weight):
+    from asrlib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="inter_ctc_blocks"):
+        tiny_cfg("model.encoder.n_blocks=3", f"loss.inter_ctc_blocks={blocks}", f"loss.inter_ctc_weight={weight}")
