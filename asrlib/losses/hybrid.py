@@ -76,8 +76,10 @@ class HybridLoss(nn.Module):
             if isinstance(augment, torch.Generator):
                 augment = spec_augment_noise(feats.shape[0], self.cfg.spec_augment, augment)
             feats = apply_spec_augment(feats, feat_lengths, self.cfg.spec_augment, augment)
-        taps = tuple(lc.inter_ctc_blocks) if lc.inter_ctc_weight > 0 else ()
-        enc, enc_lengths, tapped = m.encoder.forward_taps(feats, feat_lengths, taps)
+        if lc.inter_ctc_weight > 0 and lc.inter_ctc_blocks:
+            enc, enc_lengths, tapped = m.encoder.forward_taps(feats, feat_lengths, tuple(lc.inter_ctc_blocks))
+        else:  # through the module call, so that forward hooks on the encoder see every step
+            (enc, enc_lengths), tapped = m.encode(feats, feat_lengths), []
         ctc = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
                        zero_infinity=lc.zero_infinity)
         inter = [ctc_loss(m.ctc_head(h), enc_lengths, tokens, token_lengths, blank=m.blank,
