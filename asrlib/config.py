@@ -435,6 +435,9 @@ def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<
         raise ConfigError(f"{source}: loss.inter_ctc_blocks = {loss.inter_ctc_blocks}, inter_ctc_weight = "
                           f"{loss.inter_ctc_weight}: expected block numbers in 1 .. {n - 1} (the last block is "
                           "the CTC head's own input) and a weight >= 0")
+    if loss.inter_ctc_weight > 0 and not loss.inter_ctc_blocks:
+        raise ConfigError(f"{source}: loss.inter_ctc_weight = {loss.inter_ctc_weight} but loss.inter_ctc_blocks "
+                          "is empty: name the blocks whose output the CTC head should also read, e.g. [3]")
     if loss.rnnt == "pruned" and not model.joint.simple_projections:
         raise ConfigError(f"{source}: loss.rnnt = \"pruned\" needs the simple projections on the model: "
                           "set model.joint.simple_projections = true (a model trained so keeps them in its "

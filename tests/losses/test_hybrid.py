@@ -124,7 +124,7 @@ def test_encoder_taps_do_not_change_the_output():
     assert len(taps) == 1 and torch.allclose(taps[0], model.encoder.norm(outs[1]))
 
 
-@pytest.mark.parametrize("blocks, weight", [("[3]", "0.3"), ("[0]", "0.3"), ("[1]", "-1.0")])
+@pytest.mark.parametrize("blocks, weight", [("[3]", "0.3"), ("[0]", "0.3"), ("[1]", "-1.0"), ("[]", "0.3")])
 def test_intermediate_ctc_config_errors(blocks, weight):
     from asrlib.config import ConfigError
 
