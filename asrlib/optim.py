@@ -49,8 +49,20 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
+FUSED_DEVICES = {"cpu", "cuda"}  # where PyTorch has a fused AdamW kernel
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
+    """AdamW over ``param_groups``; build it after the model is on its device.
+
+    Where every parameter is a float tensor on a CPU or CUDA device, the update runs fused:
+    the same AdamW formula for all parameters in one kernel instead of a Python loop of ~10
+    small operations per tensor. For the 2.1 M-parameter AN4 model on one CPU thread that is
+    ~5 ms instead of ~22 ms per step, about 6 % of a training step (``bench/optimizer_step.py``).
+    """
+    params = list(model.parameters())
+    fused = bool(params) and all(p.device.type in FUSED_DEVICES and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
