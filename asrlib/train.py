@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from asrlib import checkpoint as ckpt
 from asrlib.config import Config, ConfigError, load_config, to_dict
 from asrlib.data.augment import WavePerturbation, spec_augment_noise
-from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped
+from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped, check_audio_cache
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
 from asrlib.errors import UsageError, report_usage_errors
@@ -115,8 +115,13 @@ class Trainer:
         self.log_line(f"train: {report.summary()}")
         # speed and gain run in the DataLoader workers, drawn by (seed, epoch, utterance index)
         perturbation = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db), cfg.trainer.seed)
+        if td.cache_audio:  # one cache per loader worker of each process on this machine
+            copies = max(td.num_workers, 1) * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            self.log_line(f"cache_audio: decoded training audio kept in memory, up to "
+                          f"{check_audio_cache(entries, sr, copies) / 2**20:.0f} MB on this machine")
         self.train_set = AudioDataset(entries, sr, self.tokenizer, strict=td.strict, max_seconds=td.max_duration,
-                                      perturbation=perturbation, min_seconds=cfg.model.frontend.win_ms / 1000)
+                                      perturbation=perturbation, min_seconds=cfg.model.frontend.win_ms / 1000,
+                                      cache=td.cache_audio)
         self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
                                           sorted_epochs=td.sorted_epochs, with_epoch=True)

@@ -329,3 +329,46 @@ def test_skip_reasons_reach_the_main_process_from_workers(tmp_path, tok):
     assert reasons == {"unreadable audio": 1, "too short": 1, "text not encodable": 1}
     assert not ds.skipped  # the main process decoded nothing itself
     assert len(said) == 3 and any("m.jsonl:3" in s for s in said)
+
+
+def test_cache_decodes_each_utterance_once_and_returns_the_same_items(tiny_manifest, tok, monkeypatch):
+    """With ``cache=True`` a second epoch reads no file, and every item (after speed and gain,
+    drawn per epoch) equals what the uncached dataset returns; changing a returned tensor in
+    place does not change the cache."""
+    from asrlib.data import dataset as dataset_module
+    from asrlib.data.augment import WavePerturbation
+
+    entries, _ = read_manifest(tiny_manifest, strict=True)
+    pert = WavePerturbation(16000, (0.9, 1.0, 1.1), (-6.0, 6.0), seed=7)
+    plain = AudioDataset(entries, 16000, tok, perturbation=pert)
+    cached = AudioDataset(entries, 16000, tok, perturbation=pert, cache=True)
+    calls = []
+    real_load = dataset_module.load_audio
+    monkeypatch.setattr(dataset_module, "load_audio", lambda *a: calls.append(a[0]) or real_load(*a))
+    for epoch in range(3):
+        for i in range(len(entries)):
+            got, want = cached[(epoch, i)], plain[(epoch, i)]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[2] == want[2]
+            got[0].mul_(0)  # the caller owns its tensor
+    # the plain dataset decoded 3 x per utterance, the cached one once
+    assert len(calls) == 4 * len(entries)
+    assert torch.equal(cached[0][0], torch.from_numpy(sf.read(entries[0].audio_filepath, dtype="float32")[0]))
+
+
+def test_cache_keeps_rejecting_unusable_utterances(tmp_path, tok):
+    entries, _ = read_manifest(bad_corpus(tmp_path), strict=True)
+    ds = AudioDataset(entries, 16000, tok, cache=True)
+    for _ in range(2):
+        assert [isinstance(ds[i], Skipped) for i in range(len(ds))] == [False, True, True, True, False]
+    assert sorted(ds.cache) == [0, 4]
+
+
+def test_cache_that_would_not_fit_is_a_usage_error(tiny_manifest):
+    from asrlib.data.dataset import check_audio_cache
+    from asrlib.errors import UsageError
+
+    entries, _ = read_manifest(tiny_manifest, strict=True)
+    need = round(sum(e.duration for e in entries) * 16000) * 4  # 4 bytes per sample
+    assert abs(check_audio_cache(entries, 16000, copies=3, memory_bytes=10 * need) - 3 * need) <= 12
+    with pytest.raises(UsageError, match="cache_audio = false"):
+        check_audio_cache(entries, 16000, copies=3, memory_bytes=5 * need)

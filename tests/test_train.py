@@ -185,6 +185,23 @@ def test_resume_is_bit_exact(tmp_path):
     assert not torch.equal(y, resumed.model(b.audio, b.audio_lengths)[0])
 
 
+def test_cached_audio_trains_the_same_run(tmp_path):
+    """``train_dataset.cache_audio`` changes where the audio comes from, not what trains: across an
+    epoch boundary, with speed and gain drawn anew per epoch, the weights, optimiser and progress
+    equal those of a run that decodes every file every time."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    runs = {}
+    for name, extra in (("plain", ()), ("cached", ("train_dataset.cache_audio=true",))):
+        tr = Trainer(_resume_config(tmp_path / name, train, valid, *extra))
+        tr.setup()
+        assert len(tr.sampler) < tr.cfg.trainer.max_steps  # a second epoch reads from the cache
+        tr.fit()
+        runs[name] = _full_state(tr)
+    assert tr.train_set.cache is not None and sorted(tr.train_set.cache) == list(range(len(RESUME_SET)))
+    assert_same_run(runs["plain"], runs["cached"], ("step", "epoch", "batches_in_epoch", "audio_seconds"))
+
+
 # --------------------------------------------------------------------------- non-finite
 
 
