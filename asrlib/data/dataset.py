@@ -136,7 +136,7 @@ def check_audio_cache(entries: Sequence[ManifestEntry], sample_rate: int, copies
         memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if one * copies > memory_bytes / 2:
         raise UsageError(f"train_dataset.cache_audio: the training audio decodes to {one / 2**30:.1f} GiB, held "
-                         f"{copies} times (one per loader worker), over half of this machine's "
+                         f"{copies} times (one per loader worker of each local process), over half of this machine's "
                          f"{memory_bytes / 2**30:.1f} GiB of memory; set train_dataset.cache_audio = false")
     return one * copies
 
