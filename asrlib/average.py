@@ -100,7 +100,7 @@ def average_checkpoints(paths: list[Path]):
                 raise UsageError(f"{path}: its model differs from {paths[0]}'s ({found}); average checkpoints of one run")
             if ck.get("tokenizer_sha256") != sha:
                 raise UsageError(f"{path}: trained with another tokenizer than {paths[0]}; average checkpoints of one run")
-            yield ck["model"]
+            yield ckpt.inference_state(ck)  # a run that kept a weight average: that average
 
     averaged = average_state_dicts(states())
     model = build_model(model_config_from_dict(model_cfg))

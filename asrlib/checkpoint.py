@@ -75,6 +75,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise RuntimeError(f"{path}: not a readable asrlib checkpoint ({e})") from None
 
 
+def inference_state(ck: dict) -> dict:
+    """The weights a training checkpoint is evaluated and shipped with: the run's weight average
+    when it kept one (``trainer.ema_decay``, asrlib/ema.py), else its training weights."""
+    return ck["ema"]["model"] if "ema" in ck else ck["model"]
+
+
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -190,7 +196,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         cfg = model_config_from_dict(ck["config"]["model"])
         cfg.encoder.mamba2.backend = mamba_backend
         model = build_model(cfg)
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(inference_state(ck))
         tok_path = Path(ck["tokenizer_path"]) if ck.get("tokenizer_path") else None
     return model.to(device).eval(), tok_path
 

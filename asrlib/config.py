@@ -216,6 +216,7 @@ class TrainerConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
     save_every_minutes: float = 30.0  # also checkpoint when this long passed since the last save; 0 = off
+    ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights (asrlib/ema.py)
 
 
 @dataclass
@@ -408,6 +409,9 @@ def _check_ranges(cfg: "Config", source: str) -> None:
                           f"{cfg.train_dataset.prefetch_factor}")
     if any(f <= 0 for f in cfg.train_dataset.speed_perturb):
         raise ConfigError(f"{source}: train_dataset.speed_perturb: factors must be > 0, got {cfg.train_dataset.speed_perturb!r}")
+    if not 0.0 <= cfg.trainer.ema_decay < 1.0:
+        raise ConfigError(f"{source}: trainer.ema_decay: expected 0 (off) or a decay in (0, 1) such as 0.999, got "
+                          f"{cfg.trainer.ema_decay}")
     pred = cfg.model.prediction
     if pred.kind == "stateless" and (pred.context < 2 or pred.embed_dim % 4):
         raise ConfigError(f"{source}: model.prediction: the stateless network needs context >= 2 and embed_dim a "

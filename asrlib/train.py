@@ -47,6 +47,7 @@ from asrlib.data.augment import WavePerturbation, spec_augment_noise
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped, check_audio_cache
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
+from asrlib.ema import WeightEMA
 from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
 from asrlib.logger import RunLogger
@@ -131,6 +132,7 @@ class Trainer:
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
         self.build_training_modules()
+        self.ema = WeightEMA(self.model, cfg.trainer.ema_decay) if cfg.trainer.ema_decay > 0 else None
 
         self.val_sets = []
         for path in cfg.validation_dataset.validation_manifest:
@@ -207,6 +209,11 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             self.progress = Progress(**state["progress"])
             self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+            if self.ema is not None and "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            elif self.ema is not None:  # a run that kept no average: it starts from the resumed weights
+                self.ema = WeightEMA(self.model, self.cfg.trainer.ema_decay)
+                self.log_line(f"{path} holds no weight average; trainer.ema_decay starts one from its weights")
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"cannot resume from {path}: {str(e).strip().splitlines()[0]}") from None
         torch.set_rng_state(state["rng"]["torch"])
@@ -286,6 +293,8 @@ class Trainer:
         if finite and grads_finite:
             self.scaler.step(self.opt)
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         elif finite and self.scaler.is_enabled():
             # fp16: a finite loss whose scaled gradients overflowed. The GradScaler is still
             # calibrating (or backing off) its scale: an expected skip, not a broken batch.
@@ -304,10 +313,11 @@ class Trainer:
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        self.model.eval()
+        """Losses and WERs on the validation sets, of the weight average when there is one."""
+        model = self.model.eval() if self.ema is None else self.ema.module
         results = {}
         for name, dataset in self.val_sets:
-            r = evaluate_dataset(self.model, dataset, self.tokenizer, self.device, self.cfg, self.rank, self.world)
+            r = evaluate_dataset(model, dataset, self.tokenizer, self.device, self.cfg, self.rank, self.world)
             results.update({f"{name}/{k}": v for k, v in r.items() if not isinstance(v, list)})
             if self.logger:
                 for ref, hyp in r["examples"][:3]:
@@ -329,6 +339,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": to_dict(self.cfg),
             **ckpt.tokenizer_state(self.tokenizer),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
         folder = self.out / "checkpoints"
         try:
@@ -336,7 +347,8 @@ class Trainer:
             ckpt.rotate(folder, self.cfg.trainer.keep_last, self.progress.step)
             if best:
                 ckpt.atomic_save(state, folder / "best.pt")
-                ckpt.export_weights(self.model, self.out / "best_model", self.tokenizer)
+                ckpt.export_weights(self.model if self.ema is None else self.ema.module, self.out / "best_model",
+                                    self.tokenizer)
         except OSError as e:  # disk full, folder made read-only, …
             raise UsageError(f"could not write a checkpoint to {folder}: {e.strerror or e}; free space or fix the "
                              f"folder, then continue with: {self.resume_command}") from None

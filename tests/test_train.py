@@ -185,6 +185,87 @@ def test_resume_is_bit_exact(tmp_path):
     assert not torch.equal(y, resumed.model(b.audio, b.audio_lengths)[0])
 
 
+def test_weight_average_follows_the_steps_and_resumes_bit_exact(tmp_path):
+    """``trainer.ema_decay``: the average equals the formula applied to the weights after every
+    update (float64 reference), is checkpointed, and a resumed run continues it bit-exactly."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    decay, N = 0.3, 6  # d_n = min(0.3, n / (9 + n)): the warm-up for 3 updates, then the decay
+
+    straight = Trainer(_resume_config(tmp_path / "a", train, valid, f"trainer.ema_decay={decay}"))
+    straight.setup()
+    ref = {k: v.double().clone() for k, v in straight.model.state_dict().items()}
+    step = straight.train_step
+
+    def step_and_average(batches):
+        out = step(batches)
+        n = straight.progress.step
+        d = min(decay, n / (9 + n))
+        for k, v in straight.model.state_dict().items():
+            ref[k] = d * ref[k] + (1 - d) * v.double() if v.is_floating_point() else v.clone()
+        return out
+
+    straight.train_step = step_and_average
+    straight.fit()
+    assert straight.progress.step == N and straight.progress.skipped_nonfinite == 0
+    got = straight.ema.module.state_dict()
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+    trained = straight.model.state_dict()
+    assert any(not torch.allclose(got[k], trained[k]) for k in trained if trained[k].is_floating_point())
+
+    first = Trainer(_resume_config(tmp_path / "b", train, valid, f"trainer.ema_decay={decay}"))
+    first.setup()
+    first.cfg.trainer.max_steps = N // 2
+    first.fit()
+    del first
+    resumed = Trainer(_resume_config(tmp_path / "b", train, valid, f"trainer.ema_decay={decay}",
+                                     "trainer.resume=auto"))
+    resumed.setup()
+    assert resumed.ema.updates == N // 2
+    resumed.fit()
+    assert_same_run(_full_state(straight), _full_state(resumed), ("step", "epoch", "batches_in_epoch"))
+    assert_same_tree(straight.ema.state_dict(), resumed.ema.state_dict(), "ema")
+
+
+def test_weight_average_is_what_the_run_evaluates_and_ships(tmp_path):
+    """With ``trainer.ema_decay`` the validation numbers, ``best_model/`` and what ``asrlib
+    evaluate`` reads from a checkpoint are the average's; the training weights stay for resuming."""
+    from asrlib.checkpoint import load_model
+    from asrlib.evaluate import evaluate_dataset
+
+    train = make_manifest(tmp_path, SHORT)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    tr = Trainer(tiny_config(tmp_path / "run", train, "trainer.max_steps=3", "trainer.eval_every=1",
+                             "trainer.ema_decay=0.5", valid=valid))
+    tr.setup()
+    tr.fit()
+    name, dataset = tr.val_sets[0]
+    metrics = tr.evaluate()
+    of = {which: evaluate_dataset(m, dataset, tr.tokenizer, tr.device, tr.cfg)["loss"]
+          for which, m in (("average", tr.ema.module), ("training", tr.model.eval()))}
+    assert metrics[f"{name}/loss"] == of["average"] != of["training"]
+
+    ck = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000003.pt")
+    from_checkpoint, _ = load_model(tmp_path / "run" / "checkpoints" / "step-00000003.pt")
+    for k, v in tr.ema.module.state_dict().items():
+        assert torch.equal(from_checkpoint.state_dict()[k], v), k
+        assert torch.equal(ck["model"][k], tr.model.state_dict()[k]), k  # the training weights, for resume
+    shipped, _ = load_model(tmp_path / "run" / "best_model")
+    best_ck = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    for k, v in best_ck["ema"]["model"].items():
+        assert torch.equal(shipped.state_dict()[k], v), k
+
+    from asrlib.average import average_checkpoints  # `asrlib average` averages the averages
+
+    paths = [tmp_path / "run" / "checkpoints" / f"step-0000000{i}.pt" for i in (2, 3)]
+    averaged, _ = average_checkpoints(paths)
+    emas = [ckpt.load_checkpoint(p)["ema"]["model"] for p in paths]
+    for k, v in averaged.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (emas[0][k] + emas[1][k]) / 2, msg=k)
+
+
 def test_cached_audio_trains_the_same_run(tmp_path):
     """``train_dataset.cache_audio`` changes where the audio comes from, not what trains: across an
     epoch boundary, with speed and gain drawn anew per epoch, the weights, optimiser and progress
