@@ -187,7 +187,8 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_weight_average_follows_the_steps_and_resumes_bit_exact(tmp_path):
     """``trainer.ema_decay``: the average equals the formula applied to the weights after every
-    update (float64 reference), is checkpointed, and a resumed run continues it bit-exactly."""
+    update (float64 reference), leaves the training itself bit-identical to a run without it, is
+    checkpointed, and a resumed run continues it bit-exactly."""
     train = make_manifest(tmp_path, RESUME_SET)
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
     decay, N = 0.3, 6  # d_n = min(0.3, n / (9 + n)): the warm-up for 3 updates, then the decay
@@ -213,6 +214,11 @@ def test_weight_average_follows_the_steps_and_resumes_bit_exact(tmp_path):
         torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
     trained = straight.model.state_dict()
     assert any(not torch.allclose(got[k], trained[k]) for k in trained if trained[k].is_floating_point())
+
+    plain = Trainer(_resume_config(tmp_path / "plain", train, valid))  # the average changes nothing that trains
+    plain.setup()
+    plain.fit()
+    assert_same_run(_full_state(plain), _full_state(straight), ("step", "epoch", "batches_in_epoch"))
 
     first = Trainer(_resume_config(tmp_path / "b", train, valid, f"trainer.ema_decay={decay}"))
     first.setup()
