@@ -313,12 +313,17 @@ class Trainer:
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Losses and WERs on the validation sets, of the weight average when there is one."""
+        """Losses and WERs on the validation sets, of the weight average when there is one; then
+        also of the training weights, under ``<set>/no_ema/…``, to show what the average gains."""
         model = self.model.eval() if self.ema is None else self.ema.module
         results = {}
         for name, dataset in self.val_sets:
             r = evaluate_dataset(model, dataset, self.tokenizer, self.device, self.cfg, self.rank, self.world)
             results.update({f"{name}/{k}": v for k, v in r.items() if not isinstance(v, list)})
+            if self.ema is not None:
+                raw = evaluate_dataset(self.model.eval(), dataset, self.tokenizer, self.device, self.cfg,
+                                       self.rank, self.world)
+                results.update({f"{name}/no_ema/{k}": v for k, v in raw.items() if not isinstance(v, list)})
             if self.logger:
                 for ref, hyp in r["examples"][:3]:
                     self.logger.text(self.progress.step, f"{name}/example", f"ref: {ref}\nhyp: {hyp}")
@@ -412,8 +417,9 @@ class Trainer:
 
 
 def _primary_wer(metrics: dict[str, float]) -> float:
-    """Validation WER that picks the best checkpoint: mean RNN-T WER over validation sets."""
-    vals = [v for k, v in metrics.items() if k.endswith("wer_rnnt")]
+    """Validation WER that picks the best checkpoint: mean RNN-T WER over validation sets (of the
+    weight average when the run keeps one: the training weights' ``no_ema`` keys do not count)."""
+    vals = [v for k, v in metrics.items() if k.endswith("wer_rnnt") and "/no_ema/" not in k]
     return sum(vals) / len(vals) if vals else math.inf
 
 

@@ -30,7 +30,7 @@ from asrlib import cli
 from asrlib import checkpoint as ckpt
 from asrlib.config import ConfigError, LoggerConfig, load_config
 from asrlib.logger import MissingExtraError, RunLogger, read_metrics
-from asrlib.train import Trainer
+from asrlib.train import Trainer, _primary_wer
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "data_samples" / "digits"
@@ -251,6 +251,11 @@ def test_weight_average_is_what_the_run_evaluates_and_ships(tmp_path):
     of = {which: evaluate_dataset(m, dataset, tr.tokenizer, tr.device, tr.cfg)["loss"]
           for which, m in (("average", tr.ema.module), ("training", tr.model.eval()))}
     assert metrics[f"{name}/loss"] == of["average"] != of["training"]
+    assert metrics[f"{name}/no_ema/loss"] == of["training"]  # logged beside it, to compare
+    rows = [r for r in read_metrics(tmp_path / "run") if r.get("split") == "valid"]
+    assert len(rows) == 3 and all(f"{name}/no_ema/wer_rnnt" in r for r in rows)
+    # the best checkpoint is picked by the average's WER alone
+    assert _primary_wer({"dev/wer_rnnt": 0.2, "dev/no_ema/wer_rnnt": 0.1, "other/wer_rnnt": 0.4}) == pytest.approx(0.3)
 
     ck = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000003.pt")
     from_checkpoint, _ = load_model(tmp_path / "run" / "checkpoints" / "step-00000003.pt")
