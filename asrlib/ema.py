@@ -12,11 +12,13 @@ where n counts the updates averaged before this one. The warm-up of ``d`` (Tenso
 random initialisation: d is 0.1 at the first update, 0.5 at the 9th, and reaches 0.999 after
 about 9000. ``1 / (1 - d)`` is the number of recent updates the average mostly remembers.
 
-The training weights keep training; the average is what the trainer evaluates (the training
-weights are evaluated beside it, logged as ``<set>/no_ema/…``, so a run shows what the average
-gains: one more pass over the validation sets), what picks and fills ``best_model/``, and what ``asrlib evaluate``/``transcribe``/``export``/``average`` read
-from a checkpoint (``checkpoint.inference_state``). Checkpoints hold both, so a resumed run
-continues both exactly. Non-float buffers are copied, not averaged.
+The training weights keep training. The average is what the trainer evaluates (the training
+weights are evaluated beside it, one more pass over the validation sets, and logged as
+``<set>/no_ema/…``, so a run shows what the average gains), what picks and fills
+``best_model/``, and what ``asrlib evaluate``/``transcribe``/``export``/``average`` read from a
+checkpoint (``checkpoint.inference_state``). Checkpoints hold both, so a resumed run continues
+both exactly. Non-float buffers are copied, not averaged. The average changes nothing that
+trains: a run with it updates the same weights, bit for bit, as a run without it.
 
 Why: late in a run the weights wander around a minimum from one update to the next; their
 average usually sits nearer its centre (NeMo's EMA callback and icefall's averaged model do
