@@ -64,7 +64,7 @@ class WeightEMA:
         self.updates += 1
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "model": self.module.state_dict()}
+        return {"updates": self.updates, "model": self.module.state_dict()}  # the decay is the config's
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["model"])

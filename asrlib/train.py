@@ -315,7 +315,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Losses and WERs on the validation sets, of the weight average when there is one; then
         also of the training weights, under ``<set>/no_ema/…``, to show what the average gains."""
-        model = self.model.eval() if self.ema is None else self.ema.module
+        model = self.shipped_model().eval()
         results = {}
         for name, dataset in self.val_sets:
             r = evaluate_dataset(model, dataset, self.tokenizer, self.device, self.cfg, self.rank, self.world)
@@ -328,6 +328,10 @@ class Trainer:
                 for ref, hyp in r["examples"][:3]:
                     self.logger.text(self.progress.step, f"{name}/example", f"ref: {ref}\nhyp: {hyp}")
         return results
+
+    def shipped_model(self) -> torch.nn.Module:
+        """The weights a run evaluates and ships: the weight average when it keeps one."""
+        return self.model if self.ema is None else self.ema.module
 
     # ------------------------------------------------------------------ save_checkpoint
     def save_checkpoint(self, best: bool = False) -> Path | None:
@@ -352,8 +356,7 @@ class Trainer:
             ckpt.rotate(folder, self.cfg.trainer.keep_last, self.progress.step)
             if best:
                 ckpt.atomic_save(state, folder / "best.pt")
-                ckpt.export_weights(self.model if self.ema is None else self.ema.module, self.out / "best_model",
-                                    self.tokenizer)
+                ckpt.export_weights(self.shipped_model(), self.out / "best_model", self.tokenizer)
         except OSError as e:  # disk full, folder made read-only, …
             raise UsageError(f"could not write a checkpoint to {folder}: {e.strerror or e}; free space or fix the "
                              f"folder, then continue with: {self.resume_command}") from None
