@@ -11,13 +11,10 @@ SIGINT/SIGTERM, after finishing the step). A new run never reuses a folder holdi
 run (see asrlib/run_folder.py); ``--resume auto`` falls back to the previous checkpoint when the
 newest is unreadable.
 
-Determinism: every rank draws its own random numbers. Augmentation draws from a generator,
-and dropout from the global torch RNG (CPU and CUDA), both seeded at every step from
-(seed, rank, step) through :func:`stream_seed`; with the sampler position saved, a resumed run
-continues bit-exactly on CPU. (The RNG states are checkpointed as well, CUDA's included.)
+Determinism: every rank draws its own random numbers, seeded at every step (asrlib/rng.py);
+with the sampler position saved, a resumed run continues bit-exactly on CPU.
 
-Devices: under torchrun each rank uses ``cuda:LOCAL_RANK`` (``trainer.device = "cuda"`` or
-``"auto"``); ``"cuda:N"`` means GPU N + LOCAL_RANK, so N offsets the ranks' GPUs. The GPU is
+Devices: under torchrun each rank uses ``cuda:LOCAL_RANK`` (asrlib/device.py). The GPU is
 made current before the NCCL group starts. ``trainer.compile`` compiles the module that trains
 (the DDP wrapper under DDP). Mixed precision: bf16 autocast on CPU or GPU, fp16 (with a
 GradScaler) on GPU only; the losses are computed in float32 either way.
@@ -27,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -47,6 +43,7 @@ from asrlib.data.augment import WavePerturbation, spec_augment_noise
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped, check_audio_cache
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
+from asrlib.device import pick_device
 from asrlib.ema import WeightEMA
 from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
@@ -56,6 +53,7 @@ from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
 from asrlib.resume import check_compatible, find_checkpoint
+from asrlib.rng import rng_state, set_rng_state, stream_seed
 from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
 from asrlib.stopping import GracefulStop
 from asrlib.tokenizer import Tokenizer, TokenizerError
@@ -216,10 +214,7 @@ class Trainer:
                 self.log_line(f"{path} holds no weight average; trainer.ema_decay starts one from its weights")
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"cannot resume from {path}: {str(e).strip().splitlines()[0]}") from None
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        random.setstate(_tuple_state(state["rng"]["python"]))
+        set_rng_state(state["rng"], self.device)
         self.skips = SkipTally(self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
 
@@ -344,8 +339,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(self.progress.epoch, self.progress.batches_in_epoch),
             "progress": self.progress.__dict__.copy(),
-            "rng": {"torch": torch.get_rng_state(), "python": list(_list_state(random.getstate())),
-                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "rng": rng_state(self.device),
             "config": to_dict(self.cfg),
             **ckpt.tokenizer_state(self.tokenizer),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
@@ -424,42 +418,6 @@ def _primary_wer(metrics: dict[str, float]) -> float:
     weight average when the run keeps one: the training weights' ``no_ema`` keys do not count)."""
     vals = [v for k, v in metrics.items() if k.endswith("wer_rnnt") and "/no_ema/" not in k]
     return sum(vals) / len(vals) if vals else math.inf
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """The device of this rank: ``cuda:LOCAL_RANK`` for "auto"/"cuda", ``cuda:N+LOCAL_RANK`` for
-    "cuda:N" (N offsets the ranks' GPUs; one process: GPU N), else ``name`` ("cpu")."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not name.startswith("cuda"):
-        return torch.device(name)
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device = {name!r} but CUDA is not available on this machine")
-    base = torch.device(name).index or 0
-    index = base + local_rank
-    if index >= torch.cuda.device_count():
-        raise RuntimeError(f"trainer.device = {name!r} with LOCAL_RANK {local_rank} needs GPU {index}, but this "
-                           f"machine has {torch.cuda.device_count()}; lower --nproc_per_node or the device index")
-    return torch.device("cuda", index)
-
-
-def stream_seed(seed: int, rank: int, step: int, stream: str) -> int:
-    """A 63-bit seed for one random stream ("augment", "dropout") of one rank at one step.
-
-    A hash, so that streams of neighbouring ranks, steps and names are unrelated (seed + rank
-    would make rank 1 at step s replay rank 0 at step s + 1 under a linear formula).
-    """
-    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def _list_state(state):
-    """Python's random state as nested lists (checkpoint-safe plain data)."""
-    return [list(x) if isinstance(x, tuple) else x for x in state]
-
-
-def _tuple_state(state):
-    return tuple(tuple(x) if isinstance(x, list) else x for x in state)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -530,28 +530,6 @@ def test_scaler_skips_are_counted_apart_from_nonfinite(tmp_path):
     assert tr.scaler.get_scale() < 2.0**126
 
 
-def test_random_streams_differ_by_rank_and_step():
-    from asrlib.train import stream_seed
-
-    seeds = {stream_seed(1234, r, s, n) for r in range(4) for s in range(50) for n in ("augment", "dropout")}
-    assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
-    assert stream_seed(1234, 1, 7, "dropout") == stream_seed(1234, 1, 7, "dropout")  # a pure function
-
-
-def test_pick_device_offsets_cuda_by_local_rank(monkeypatch):
-    from asrlib.train import pick_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert pick_device("cuda", 3) == torch.device("cuda", 3)
-    assert pick_device("auto", 5) == torch.device("cuda", 5)
-    assert pick_device("cuda:2", 0) == torch.device("cuda", 2)
-    assert pick_device("cuda:4", 3) == torch.device("cuda", 7)
-    with pytest.raises(RuntimeError, match="needs GPU 9"):
-        pick_device("cuda:2", 7)
-    assert pick_device("cpu", 3) == torch.device("cpu")
-
-
 def test_loader_workers_give_the_same_batches_across_epochs(tmp_path):
     """Worker processes (persistent, prefetching) deliver the batches of the in-process loader,
     speed- and gain-perturbed alike, epoch after epoch; bad loader settings are config errors
