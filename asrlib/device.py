@@ -1,9 +1,4 @@
-"""Which device a training process runs on: ``trainer.device`` and torchrun's LOCAL_RANK.
-
-Under torchrun each rank uses ``cuda:LOCAL_RANK`` (``trainer.device = "cuda"`` or ``"auto"``);
-``"cuda:N"`` means GPU N + LOCAL_RANK, so N offsets the ranks' GPUs. Anything else ("cpu") is
-taken as it is.
-"""
+"""Which device a training process runs on, from ``trainer.device`` and torchrun's LOCAL_RANK."""
 from __future__ import annotations
 
 import torch
