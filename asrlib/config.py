@@ -166,6 +166,9 @@ class SpecAugmentConfig:
     time_masks: int = 2
     time_width: float = 0.05  # max fraction of the utterance per mask
     start_step: int = 0  # the first optimiser steps train without SpecAugment (a faster learning start)
+    # frequency warp (VTLP, Jaitly & Hinton 2013), before the masks: each utterance's mel axis is
+    # stretched by a factor alpha uniform in [1 - freq_warp, 1 + freq_warp]; 0 = off
+    freq_warp: float = 0.0
 
 
 @dataclass
@@ -412,6 +415,9 @@ def _check_ranges(cfg: "Config", source: str) -> None:
     if not 0.0 <= cfg.trainer.ema_decay < 1.0:
         raise ConfigError(f"{source}: trainer.ema_decay: expected 0 (off) or a decay in (0, 1) such as 0.999, got "
                           f"{cfg.trainer.ema_decay}")
+    if not 0.0 <= cfg.spec_augment.freq_warp < 0.5:
+        raise ConfigError(f"{source}: spec_augment.freq_warp: expected 0 (off) or a maximum stretch in (0, 0.5) such "
+                          f"as 0.1 (alpha uniform in [0.9, 1.1]), got {cfg.spec_augment.freq_warp}")
     pred = cfg.model.prediction
     if pred.kind == "stateless" and (pred.context < 2 or pred.embed_dim % 4):
         raise ConfigError(f"{source}: model.prediction: the stateless network needs context >= 2 and embed_dim a "

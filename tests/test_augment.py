@@ -89,3 +89,92 @@ def test_vectorised_spec_augment_equals_the_loop():
         got = apply_spec_augment(feats, lengths, cfg, noise)
         ref = _spec_augment_loop(feats, lengths, cfg, noise)
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- frequency warp (VTLP)
+def _centres_np(n_mels, sr):
+    """Mel filter centres in Hz, from the HTK formula written out here (not the library's)."""
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    edges = np.linspace(0.0, mel(sr / 2), n_mels + 2)
+    return 700.0 * (10.0 ** (edges[1:-1] / 2595.0) - 1.0), mel
+
+
+def _warp_loop(feats, lengths, alphas, sr):
+    """Reference: Jaitly & Hinton's forward map f -> f' (alpha f up to the cut, then linear to the
+    top), inverted numerically on a dense grid, and both interpolations done by np.interp."""
+    B, T, M = feats.shape
+    centres, mel = _centres_np(M, sr)
+    top, f_hi = sr / 2, 0.8 * sr / 2
+    grid = np.linspace(0.0, top, 200001)
+    out = feats.numpy().astype(np.float64).copy()
+    for b in range(B):
+        a = float(alphas[b])
+        knee = f_hi * min(a, 1.0) / a  # input frequency where the stretch ends
+        fwd = np.where(grid <= knee, a * grid,
+                       top - (top - f_hi * min(a, 1.0)) / (top - knee) * (top - grid))
+        source = np.interp(centres, fwd, grid)  # the input frequency that lands on each centre
+        pos = np.interp(mel(source), mel(centres), np.arange(M))
+        for t in range(int(lengths[b])):
+            out[b, t] = np.interp(pos, np.arange(M), out[b, t])
+    return torch.from_numpy(out).float()
+
+
+def test_freq_warp_equals_the_paper_map_inverted_numerically():
+    from asrlib.config import FrontendConfig
+    from asrlib.data.augment import apply_freq_warp
+
+    fe = FrontendConfig(n_mels=40)
+    feats = torch.randn(5, 9, 40, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([9, 4, 9, 0, 9])
+    alphas = torch.tensor([0.9, 1.1, 1.0, 1.05, 0.93], dtype=torch.float64)
+    got = apply_freq_warp(feats, lengths, alphas, fe)
+    torch.testing.assert_close(got, _warp_loop(feats, lengths, alphas, 16000), rtol=0, atol=2e-4)
+    assert torch.equal(got[1, 4:], feats[1, 4:]) and torch.equal(got[3], feats[3])  # padding untouched
+    torch.testing.assert_close(got[2], feats[2], rtol=0, atol=1e-5)  # alpha = 1: the identity
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_freq_warp_moves_a_tone_to_alpha_times_its_frequency(alpha):
+    """Through the real frontend: a 1000 Hz tone warped by alpha peaks in the bin of a tone
+    recorded at alpha * 1000 Hz."""
+    from asrlib.config import FrontendConfig
+    from asrlib.data.augment import apply_freq_warp
+    from asrlib.model.frontend import Frontend
+
+    fe = FrontendConfig()
+    frontend = Frontend(fe)
+    t = torch.arange(16000) / 16000.0
+    tone = lambda f: torch.sin(2 * torch.pi * f * t)[None]  # noqa: E731
+    with torch.no_grad():
+        f1000, f_alpha = (frontend(tone(f), torch.tensor([16000]))[0] for f in (1000.0, 1000.0 * alpha))
+    warped = apply_freq_warp(f1000, torch.tensor([f1000.shape[1]]), torch.tensor([alpha]), fe)
+    peak = lambda x: int(x[0].mean(0).argmax())  # noqa: E731
+    assert peak(f1000) != peak(f_alpha)  # the two tones are bins apart
+    assert peak(warped) == peak(f_alpha)
+
+
+def test_freq_warp_runs_before_the_same_masks_and_is_off_by_default():
+    from asrlib.config import FrontendConfig
+    from asrlib.data.augment import apply_freq_warp, apply_spec_augment, spec_augment_noise
+
+    fe = FrontendConfig(n_mels=24)
+    gen = torch.Generator().manual_seed(5)
+    feats, lengths = torch.randn(4, 30, 24, generator=gen), torch.tensor([30, 17, 2, 0])
+    off = SpecAugmentConfig(freq_masks=2, freq_width=5, time_masks=3, time_width=0.2)
+    on = SpecAugmentConfig(freq_masks=2, freq_width=5, time_masks=3, time_width=0.2, freq_warp=0.1)
+    assert spec_augment_noise(4, off, gen).shape == (4, 5, 2)  # off: the same draws as before the warp existed
+    noise = spec_augment_noise(4, on, gen)
+    assert noise.shape == (4, 6, 2)
+    alphas = 1.0 + 0.1 * (2.0 * noise[:, 5, 0].double() - 1.0)
+    assert ((alphas >= 0.9) & (alphas <= 1.1)).all()
+    got = apply_spec_augment(feats, lengths, on, noise, fe)
+    ref = _spec_augment_loop(apply_freq_warp(feats, lengths, alphas, fe), lengths, off, noise[:, :5])
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="frontend"):
+        apply_spec_augment(feats, lengths, on, noise)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "0.5"])
+def test_freq_warp_range_is_checked(value):
+    with pytest.raises(ConfigError, match="spec_augment.freq_warp"):
+        load_config(None, [f"spec_augment.freq_warp={value}"])

@@ -666,6 +666,31 @@ def test_spec_augment_starts_at_its_step(tmp_path, monkeypatch):
     assert masked_at == [2, 3]
 
 
+def test_freq_warp_reaches_the_training_step_with_factors_in_range(tmp_path, monkeypatch):
+    import asrlib.data.augment as augment
+
+    alphas = []
+    real = augment.apply_freq_warp
+
+    def spy(feats, lengths, alpha, frontend):
+        alphas.append(alpha.clone())
+        assert frontend.n_mels == feats.shape[-1]  # the run's own frontend
+        return real(feats, lengths, alpha, frontend)
+
+    monkeypatch.setattr(augment, "apply_freq_warp", spy)
+    train = make_manifest(tmp_path, SHORT)
+    tr = Trainer(tiny_config(tmp_path / "run", train, "spec_augment.freq_warp=0.2", "train_dataset.num_buckets=1",
+                             "train_dataset.batch_seconds=100.0"))
+    tr.setup()
+    batch = next(tr.micro_batches())
+    for _ in range(3):
+        logged = tr.train_step([batch])
+        assert math.isfinite(logged["loss"])
+    got = torch.cat(alphas)
+    assert len(alphas) == 3 and len(got) == 3 * len(batch)
+    assert ((got >= 0.8) & (got <= 1.2)).all() and len(set(got.tolist())) == len(got)  # one draw per utterance
+
+
 def test_validation_wer_and_cer_are_the_corpus_rates_of_each_utterance_decoded_alone(tmp_path):
     """The trainer's validation decodes duration-sorted batches and sums edit counts. Reference:
     each utterance decoded alone (batch of one), both heads, scored by metrics.wer / metrics.cer

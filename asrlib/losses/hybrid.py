@@ -75,7 +75,7 @@ class HybridLoss(nn.Module):
         if augment is not None:  # SpecAugment: training only
             if isinstance(augment, torch.Generator):
                 augment = spec_augment_noise(feats.shape[0], self.cfg.spec_augment, augment)
-            feats = apply_spec_augment(feats, feat_lengths, self.cfg.spec_augment, augment)
+            feats = apply_spec_augment(feats, feat_lengths, self.cfg.spec_augment, augment, self.cfg.model.frontend)
         if lc.inter_ctc_weight > 0 and lc.inter_ctc_blocks:
             enc, enc_lengths, tapped = m.encoder.forward_taps(feats, feat_lengths, tuple(lc.inter_ctc_blocks))
         else:  # through the module call, so that forward hooks on the encoder see every step
