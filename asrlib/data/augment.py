@@ -14,10 +14,11 @@ utterance draws alpha uniform in [1 - freq_warp, 1 + freq_warp], and its spectru
 by alpha: what sat at f Hz now sits at alpha * f, up to a cut at 80 % of the mel bank's top
 frequency; above the cut the band is stretched linearly so that the top stays where it is
 (their piecewise-linear warp). A speaker's formants move with the length of the vocal tract;
-the warp makes new speakers from the training ones without changing the tempo, as speed
-perturbation does. It is computed on the log-mel features: output bin m (centre c_m Hz) reads
-the features at the source frequency of c_m, interpolated linearly between the two mel bins
-around it (edges repeat the first or last bin), the same for every frame of the utterance.
+the warp makes new speakers from the training ones and keeps the tempo, which speed
+perturbation cannot. It is computed on the (normalised) log-mel features: output bin m
+(centre c_m Hz) reads the features at the source frequency of c_m, interpolated linearly
+between the two mel bins around it (edges repeat the first or last bin), the same for every
+frame of the utterance.
 
 Gain perturbation scales each utterance by a random gain, uniform in dB. Recording level is
 a property of the microphone and the speaker, not of the words: in the bundled corpus the
@@ -68,7 +69,7 @@ def warp_source_hz(centres: Tensor, alpha: Tensor, top: float) -> Tensor:
     """(B, M) source frequency each output bin reads, for stretch factors ``alpha`` (B,): the
     inverse of f -> alpha f below the cut and of the linear band above it (see module doc)."""
     a = alpha.to(torch.float64)[:, None]  # (B, 1)
-    cut = WARP_CUT * top * torch.clamp(a, max=1.0)  # output frequency where the stretch ends: alpha * (cut / alpha)
+    cut = WARP_CUT * top * torch.clamp(a, max=1.0)  # where the pure stretch ends, in output Hz (input Hz: cut / alpha)
     below = centres[None] / a
     above = top - (top - cut / a) / (top - cut) * (top - centres[None])
     return torch.where(centres[None] <= cut, below, above)
