@@ -56,13 +56,13 @@ def spec_augment_noise(batch: int, cfg: SpecAugmentConfig, generator: torch.Gene
     return torch.rand(batch, rows, 2, generator=generator)
 
 
-def mel_centres_hz(frontend: FrontendConfig) -> tuple[Tensor, float]:
-    """Centre frequencies (M,) float64 of the frontend's mel filters at their mel-bank
-    initialisation (equally spaced in mel, as in ``mel_filterbank``), and its top frequency."""
+def mel_centres(frontend: FrontendConfig) -> tuple[Tensor, float]:
+    """Centres (M,) float64, in mel, of the frontend's mel filters at their mel-bank
+    initialisation (equally spaced in mel, as in ``mel_filterbank``), and its top frequency in Hz."""
     top = frontend.f_max if frontend.f_max > 0 else frontend.sample_rate / 2
     edges = torch.linspace(float(hz_to_mel(frontend.f_min)), float(hz_to_mel(top)), frontend.n_mels + 2,
                            dtype=torch.float64)
-    return mel_to_hz(edges[1:-1]), float(top)
+    return edges[1:-1], float(top)
 
 
 def warp_source_hz(centres: Tensor, alpha: Tensor, top: float) -> Tensor:
@@ -79,10 +79,9 @@ def apply_freq_warp(feats: Tensor, lengths: Tensor, alpha: Tensor, frontend: Fro
     """``feats`` (B, T, M) with each item's mel axis stretched by ``alpha`` (B,) (see module doc);
     padded frames are left as they are."""
     B, T, M = feats.shape
-    centres, top = mel_centres_hz(frontend)
-    centres = centres.to(feats.device)
-    src_mel = hz_to_mel(warp_source_hz(centres, alpha.to(feats.device), top))  # (B, M)
-    mels = hz_to_mel(centres)
+    mels, top = mel_centres(frontend)
+    mels = mels.to(feats.device)
+    src_mel = hz_to_mel(warp_source_hz(mel_to_hz(mels), alpha.to(feats.device), top))  # (B, M)
     pos = ((src_mel - mels[0]) / (mels[1] - mels[0])).clamp(0, M - 1)  # fractional bin index (B, M)
     lo = torch.floor(pos).clamp(max=M - 2).long()  # (B, M)
     frac = (pos - lo).to(feats.dtype)[:, None, :]  # (B, 1, M)
