@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from asrlib.config import FrontendConfig, SpecAugmentConfig
-from asrlib.model.frontend import hz_to_mel, mel_to_hz
+from asrlib.model.frontend import hz_to_mel, mel_edges, mel_to_hz
 
 WARP_CUT = 0.8  # the frequency warp is a pure stretch up to this fraction of the mel bank's top
 
@@ -54,15 +54,6 @@ def spec_augment_noise(batch: int, cfg: SpecAugmentConfig, generator: torch.Gene
     the warp factor when ``freq_warp`` > 0. Drawn on the CPU from ``generator``."""
     rows = cfg.freq_masks + cfg.time_masks + (1 if cfg.freq_warp > 0 else 0)
     return torch.rand(batch, rows, 2, generator=generator)
-
-
-def mel_centres(frontend: FrontendConfig) -> tuple[Tensor, float]:
-    """Centres (M,) float64, in mel, of the frontend's mel filters at their mel-bank
-    initialisation (equally spaced in mel, as in ``mel_filterbank``), and its top frequency in Hz."""
-    top = frontend.f_max if frontend.f_max > 0 else frontend.sample_rate / 2
-    edges = torch.linspace(float(hz_to_mel(frontend.f_min)), float(hz_to_mel(top)), frontend.n_mels + 2,
-                           dtype=torch.float64)
-    return edges[1:-1], float(top)
 
 
 def warp_source_hz(centres: Tensor, alpha: Tensor, top: float) -> Tensor:
@@ -79,8 +70,8 @@ def apply_freq_warp(feats: Tensor, lengths: Tensor, alpha: Tensor, frontend: Fro
     """``feats`` (B, T, M) with each item's mel axis stretched by ``alpha`` (B,) (see module doc);
     padded frames are left as they are."""
     B, T, M = feats.shape
-    mels, top = mel_centres(frontend)
-    mels = mels.to(feats.device)
+    edges, top = mel_edges(frontend.n_mels, frontend.sample_rate, frontend.f_min, frontend.f_max)
+    mels = edges[1:-1].to(feats.device)  # the filters' centres at their mel-bank initialisation
     src_mel = hz_to_mel(warp_source_hz(mel_to_hz(mels), alpha.to(feats.device), top))  # (B, M)
     pos = ((src_mel - mels[0]) / (mels[1] - mels[0])).clamp(0, M - 1)  # fractional bin index (B, M)
     lo = torch.floor(pos).clamp(max=M - 2).long()  # (B, M)

@@ -62,6 +62,15 @@ def mel_to_hz(m: Tensor | float) -> Tensor:
     return 700.0 * (10.0 ** (torch.as_tensor(m, dtype=torch.float64) / 2595.0) - 1.0)
 
 
+def mel_edges(n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float = 0.0) -> tuple[Tensor, float]:
+    """The ``n_mels + 2`` filter edges (float64, in mel), equally spaced in mel between ``f_min``
+    and ``f_max`` (``f_max = 0`` means Nyquist), and that top frequency in Hz."""
+    f_max = f_max if f_max > 0 else sample_rate / 2
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"mel bank: need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}")
+    return torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64), f_max
+
+
 def mel_filterbank(n_freq: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float = 0.0) -> Tensor:
     """Triangular filters equally spaced on the HTK mel scale, peak 1, no area normalisation.
 
@@ -72,12 +81,9 @@ def mel_filterbank(n_freq: int, n_mels: int, sample_rate: int, f_min: float = 0.
 
     Returns (M, F) float32, ready to be the weight of ``nn.Linear(F, M)``.
     """
-    f_max = f_max if f_max > 0 else sample_rate / 2
-    if not 0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"mel bank: need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}")
+    edges_mel, _ = mel_edges(n_mels, sample_rate, f_min, f_max)
     n_fft = 2 * (n_freq - 1)
     bins_hz = torch.arange(n_freq, dtype=torch.float64) * sample_rate / n_fft  # (F,)
-    edges_mel = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64)
     edges_hz = mel_to_hz(edges_mel)  # (M + 2,)
     left, center, right = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]  # (M, 1) each
     rising = (bins_hz[None, :] - left) / (center - left)  # (M, F)
