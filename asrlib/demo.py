@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,13 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from asrlib.checkpoint import load_model
     from asrlib.evaluate import evaluate_manifest
+    from asrlib.resume import launcher
     from asrlib.tokenizer import Tokenizer
     from asrlib.train import Trainer
 
     out = Path(args.out)
     cfg = load_config(args.config, [f"trainer.output_dir={out}", "trainer.resume=auto", *args.overrides])
     t0 = time.perf_counter()
-    trainer = Trainer(cfg)
+    sets = "".join(f" --set {o}" for o in args.overrides)
+    again = f"{launcher('asrlib.demo', 'python -m asrlib.demo')} --config {args.config} --out {out}{sets}"
+    trainer = Trainer(cfg, resume_command=f"{again} (or the same make command)")
     trainer.setup()
     trainer.fit()
     train_minutes = (time.perf_counter() - t0) / 60
@@ -75,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.barrier()  # leave together: a rank tearing gloo down while another still uses it can abort
         dist.destroy_process_group()
-        if trainer.rank != 0:
-            return 0
+    if trainer.stopped_by:  # Ctrl-C / SIGTERM: saved; evaluating a half-trained model is not the demo
+        return 128 + int(getattr(signal, trainer.stopped_by))
+    if trainer.rank != 0:
+        return 0
 
     data_dir = Path(cfg.train_dataset.train_manifest[0]).parent
     tests = args.test or [str(p) for p in sorted(data_dir.glob("test*.jsonl"))] or list(

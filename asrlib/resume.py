@@ -6,10 +6,12 @@
 - ``--resume PATH``: that file; unreadable is a one-line error.
 - A checkpoint whose model config differs from the current one, or that was trained with
   another tokenizer, is a one-line error naming the first differing key (saved vs now).
+- ``launcher``: how to start the run again, for the "continue with" line a stopped run prints.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from asrlib import checkpoint as ckpt
@@ -50,3 +52,13 @@ def check_compatible(path: Path, state: dict, model_cfg: dict, tokenizer) -> Non
         raise UsageError(f"cannot resume from {path}: it was trained with another tokenizer than {tokenizer.path} "
                          f"(sha256 {stored.sha256[:12]} vs {tokenizer.sha256[:12]}); set tokenizer.tokenizer_path "
                          "to the run's tokenizer")
+
+
+def launcher(module: str, command: str) -> str:
+    """The start of a command that runs ``module`` as this process was run: torchrun with this
+    run's processes per node when torchrun started several, else ``command`` (e.g. "asrlib train")."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world <= 1:
+        return command
+    nodes = f" --nnodes {world // local} <your rendezvous options>" if world > local else " --standalone"
+    return f"torchrun{nodes} --nproc_per_node {local} -m {module}"

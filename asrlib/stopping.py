@@ -8,6 +8,15 @@ aborts at once (KeyboardInterrupt), for when saving itself hangs.
         while …:
             train_step()
             if stop.requested: save(); break
+
+Only the trainer decides. A terminal's Ctrl-C, ``kill -- -PGID``, Slurm's ``scancel`` and
+torchrun's agent signal every process of the run, DataLoader workers included. Left alone, a
+worker dies of SIGTERM (PyTorch's handler in the worker re-raises it unless the worker's own
+parent sent it) and the trainer's SIGCHLD check then raises in the middle of the step or of the
+checkpoint's write; a SIGINT runs the trainer's handler, inherited through fork, in the worker.
+So the loader's ``worker_init_fn`` is ``ignore_stop_signals``: the worker carries on serving
+batches until the trainer, having saved, shuts the loader down (its end sentinel), and if the
+trainer itself dies, the worker's check of its parent ends it within seconds.
 """
 
 from __future__ import annotations
@@ -64,3 +73,11 @@ class GracefulStop:
             signal.signal(s, old)
         self._old.clear()
         return False
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM (see the module
+    docstring). PyTorch's last resort for a worker that does not exit when shut down (a SIGTERM
+    from the trainer) is lost with it; SIGKILL still ends a worker."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

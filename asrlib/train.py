@@ -52,10 +52,10 @@ from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
-from asrlib.resume import check_compatible, find_checkpoint
+from asrlib.resume import check_compatible, find_checkpoint, launcher
 from asrlib.rng import rng_state, set_rng_state, stream_seed
 from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
-from asrlib.stopping import GracefulStop
+from asrlib.stopping import GracefulStop, ignore_stop_signals
 from asrlib.tokenizer import Tokenizer, TokenizerError
 
 
@@ -244,8 +244,9 @@ class Trainer:
         args = dict(collate_fn=self.train_set.collate, num_workers=workers,
                     generator=torch.Generator().manual_seed(self.cfg.trainer.seed),
                     pin_memory=td.pin_memory and self.device.type == "cuda")
-        if workers > 0:
-            args.update(persistent_workers=td.persistent_workers, prefetch_factor=td.prefetch_factor)
+        if workers > 0:  # a signal to the whole run is the trainer's alone to act on (asrlib/stopping.py)
+            args.update(persistent_workers=td.persistent_workers, prefetch_factor=td.prefetch_factor,
+                        worker_init_fn=ignore_stop_signals)
         return torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler, **args)
 
     def train_step(self, batches: list[Batch]) -> dict[str, float]:
@@ -432,9 +433,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def resume_command(args: argparse.Namespace) -> str:
-    """The command line that continues this run: the same config and overrides, --resume auto."""
+    """The command line that continues this run: the same launcher, config and overrides, --resume auto."""
     sets = "".join(f" --set {o}" for o in args.overrides)
-    return f"asrlib train --config {args.config}{sets} --resume auto"
+    return f"{launcher('asrlib.train', 'asrlib train')} --config {args.config}{sets} --resume auto"
 
 
 @report_usage_errors("train", TokenizerError, ManifestError, DataError, ConfigError)

@@ -2,22 +2,27 @@
 exits 128 + signal with the resume command, and ``--resume auto`` continues bit-exactly as if
 never interrupted. Checkpoints also fall due on a clock (``trainer.save_every_minutes``).
 
-The interrupted run is a real ``asrlib train`` process that sends itself the signal right
-after its second optimiser step (a deterministic stand-in for a user pressing Ctrl-C then).
+The interrupted run is a real ``asrlib train`` process that gets the signal right after its
+second optimiser step (a deterministic stand-in for a user pressing Ctrl-C then): sent to the
+process alone, or to its whole process group with a DataLoader worker in it, as a terminal's
+Ctrl-C, Slurm's ``scancel`` and torchrun's agent do. Under torchrun the signal goes to the agent,
+which passes it on to each rank's process group.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
-from test_train import RESUME_SET, TINY, _full_state, assert_same_run, make_manifest
+from test_train import RESUME_SET, TINY, _full_state, assert_same_run, assert_same_tree, make_manifest
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import load_config
+from asrlib.resume import launcher
 from asrlib.train import Trainer
 
 ROOT = TINY.parents[1]
@@ -33,45 +38,74 @@ def overrides(out, train, valid) -> list[str]:
             "train_dataset.num_buckets=2", "trainer.max_steps=6", "trainer.eval_every=3", "optim.warmup_steps=2"]
 
 
+# The trainer, with its second optimiser step followed by a signal. ``{kill}`` sends it; then
+# the rank waits (up to a minute) until its own handler has seen it, so that the stop falls
+# after step 2 however long the signal takes to come round (under torchrun, via the agent).
 CHILD = """
-import os, signal, sys
+import os, signal, sys, time
 import torch
-from asrlib import train
+from asrlib import stopping, train
 torch.set_num_threads(1)
+seen = []
+real_handle = stopping.GracefulStop._handle
+def handle(self, signum, frame):
+    seen.append(signum)
+    real_handle(self, signum, frame)
+stopping.GracefulStop._handle = handle
 real = train.Trainer.train_step
 def step_then_signal(self, batches):
     out = real(self, batches)
     if self.progress.step == 2:
-        os.kill(os.getpid(), signal.{sig})
+        if self.rank == 0:
+            {kill}
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
     return out
 train.Trainer.train_step = step_then_signal
-sys.exit(train.main(sys.argv[1:]))
+from asrlib import {entry} as entry
+sys.exit(entry.main(sys.argv[1:]))
 """
+KILL = {"process": "os.kill(os.getpid(), signal.{sig})",  # the trainer alone
+        # the trainer's process group (it and its DataLoader worker), from another process, as a
+        # terminal or a scheduler sends it (a worker takes a SIGTERM from its own parent as a
+        # request to exit quietly, so the sender must be someone else)
+        # (not os.system: system() ignores SIGINT in its caller while the shell runs)
+        "group": "import subprocess; subprocess.run(['sh', '-c', 'kill -s {name} -- -%d' % os.getpgid(0)])",
+        "agent": "os.kill(os.getppid(), signal.{sig})"}  # torchrun's agent, the ranks' parent
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig):
+@pytest.mark.parametrize("sig, target", [("SIGINT", "process"), ("SIGTERM", "process"),
+                                         ("SIGINT", "group"), ("SIGTERM", "group")])
+def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig, target):
     train = make_manifest(tmp_path, RESUME_SET)
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    over = overrides(tmp_path / "a", train, valid)
+    if target == "group":  # a loader worker in the group, busy prefetching when the signal comes
+        over += ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]
 
-    straight = Trainer(load_config(TINY, overrides(tmp_path / "a", train, valid)))
+    straight = Trainer(load_config(TINY, over))
     straight.setup()
     straight.fit()
     expected = _full_state(straight)
 
     out = tmp_path / "b"
+    over = [o.replace(str(tmp_path / "a"), str(out)) for o in over]
     argv = ["--config", str(TINY)]
-    for o in overrides(out, train, valid):
+    for o in over:
         argv += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", CHILD.format(sig=sig), *argv], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    child = CHILD.format(kill=KILL[target].format(sig=sig, name=sig[3:]), entry="train")
+    # a session of its own: the process group the child signals holds it and its loader worker only
+    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300, start_new_session=True)
     assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"stopped by {sig} at step 2" in r.stderr and "--resume auto" in r.stderr
+    assert r.stderr.count(f"{sig} received") == 1  # the trainer's, not also a loader worker's
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000002.pt"]
 
-    resumed = Trainer(load_config(TINY, overrides(out, train, valid) + ["trainer.resume=auto"]))
+    resumed = Trainer(load_config(TINY, over + ["trainer.resume=auto"]))
     resumed.setup()
     assert resumed.progress.step == 2
     resumed.fit()
@@ -95,3 +129,84 @@ def test_checkpoints_on_a_clock(tmp_path):
     tr.setup()
     tr.fit()  # off: only the final (evaluation) checkpoint
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "off" / "checkpoints")] == ["step-00000003.pt"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_args(*head: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "--no-python", sys.executable, *head]
+
+
+def test_sigterm_to_torchrun_saves_and_resume_is_bit_exact(tmp_path):
+    """Two DDP ranks, each with a DataLoader worker, under torchrun; one SIGTERM to the agent
+    (what ``kill <pid of torchrun>`` or a scheduler does). The agent signals each rank's whole
+    process group: the ranks finish step 2 together, rank 0 writes its checkpoint, and
+    ``--resume auto`` under torchrun ends bit-exactly where an uninterrupted run ends."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def torchrun(out, *extra, child=None):
+        over = overrides(out, train, valid) + ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]
+        head = ["-c", child] if child else ["-m", "asrlib.train"]
+        args = torchrun_args(*head, "--config", str(TINY))
+        for o in over + list(extra):
+            args += ["--set", o]
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                              start_new_session=True)
+
+    r = torchrun(tmp_path / "a")
+    assert r.returncode == 0, r.stderr[-3000:]
+    expected = ckpt.load_checkpoint(tmp_path / "a" / "checkpoints" / "step-00000006.pt")
+
+    out = tmp_path / "b"
+    r = torchrun(out, child=CHILD.format(kill=KILL["agent"].format(sig="SIGTERM"), entry="train"))
+    assert "stopped by SIGTERM at step 2" in r.stderr, r.stderr[-3000:]
+    assert "Continue with: torchrun --standalone --nproc_per_node 2 -m asrlib.train --config" in r.stderr
+    assert "DataLoader worker" not in r.stderr, r.stderr[-3000:]
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000002.pt"]
+
+    r = torchrun(out, "trainer.resume=auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr and "at step 2" in r.stderr
+    got = ckpt.load_checkpoint(out / "checkpoints" / "step-00000006.pt")
+    for key in ("model", "optimizer", "scheduler", "rng"):
+        assert_same_tree(expected[key], got[key], key)
+    for k in ("step", "epoch", "batches_in_epoch", "audio_seconds", "best_wer"):
+        assert expected["progress"][k] == got["progress"][k], k
+
+
+def test_stopped_demo_saves_and_does_not_evaluate(tmp_path):
+    """``make demo`` stopped by SIGTERM to torchrun: the checkpoint of the step it stopped at,
+    the command that continues it, and no table or metrics.json of a half-trained model."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    out = tmp_path / "demo"
+    args = torchrun_args("-c", CHILD.format(kill=KILL["agent"].format(sig="SIGTERM"), entry="demo"),
+                         "--config", str(TINY), "--out", str(out), "--test", str(valid))
+    for o in overrides(out, train, valid) + ["train_dataset.num_workers=1"]:
+        args += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                       start_new_session=True)
+    assert "stopped by SIGTERM at step 2" in r.stderr, r.stderr[-3000:]
+    assert "Continue with: torchrun --standalone --nproc_per_node 2 -m asrlib.demo --config" in r.stderr
+    assert "split/decoder" not in r.stdout and not (out / "metrics.json").exists()
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000002.pt"]
+
+
+def test_launcher_names_torchrun_for_a_run_it_started(monkeypatch):
+    for var in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert launcher("asrlib.train", "asrlib train") == "asrlib train"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launcher("asrlib.train", "asrlib train") == "torchrun --standalone --nproc_per_node 4 -m asrlib.train"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert launcher("asrlib.demo", "x") == (
+        "torchrun --nnodes 2 <your rendezvous options> --nproc_per_node 2 -m asrlib.demo")
