@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
-from test_train import RESUME_SET, TINY, _full_state, assert_same_run, assert_same_tree, make_manifest
+from test_train import RESUME_SET, TINY, _free_port, _full_state, assert_same_run, assert_same_tree, make_manifest
 
 from asrlib import checkpoint as ckpt
 from asrlib.config import load_config
@@ -129,12 +128,6 @@ def test_checkpoints_on_a_clock(tmp_path):
     tr.setup()
     tr.fit()  # off: only the final (evaluation) checkpoint
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "off" / "checkpoints")] == ["step-00000003.pt"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_args(*head: str) -> list[str]:
