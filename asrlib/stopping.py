@@ -2,30 +2,45 @@
 
 The first signal only sets a flag: the trainer finishes the optimiser step it is in, writes a
 checkpoint (atomically) and exits with a message naming the resume command. A second signal
-aborts at once (KeyboardInterrupt), for when saving itself hangs.
+aborts at once (``Aborted``, a KeyboardInterrupt), for when saving itself hangs: the trainer
+leaves without saving, and the checkpoints written before are whole (written atomically).
 
     with GracefulStop() as stop:
         while …:
             train_step()
             if stop.requested: save(); break
+        (inside the with-block, so that a second signal during the save also aborts)
 
 Only the trainer decides. A terminal's Ctrl-C, ``kill -- -PGID``, Slurm's ``scancel`` and
 torchrun's agent signal every process of the run, DataLoader workers included. Left alone, a
 worker dies of SIGTERM (PyTorch's handler in the worker re-raises it unless the worker's own
 parent sent it) and the trainer's SIGCHLD check then raises in the middle of the step or of the
 checkpoint's write; a SIGINT runs the trainer's handler, inherited through fork, in the worker.
-So the loader's ``worker_init_fn`` is ``ignore_stop_signals``: the worker carries on serving
-batches until the trainer, having saved, shuts the loader down (its end sentinel), and if the
-trainer itself dies, the worker's check of its parent ends it within seconds.
+So the loader's ``worker_init_fn`` is ``ignore_stop_signals``: the worker ignores SIGINT, and
+takes a SIGTERM only from its parent, the trainer, which sends one when it shuts the loader down
+the hard way (PyTorch's last resort, and Python's exit with a loader still open: after an error
+or a second signal). A signal meant for the whole run leaves the worker serving batches until
+the trainer, having saved, shuts the loader down (its end sentinel); if the trainer itself dies,
+the worker's check of its parent ends it within seconds.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Aborted(KeyboardInterrupt):
+    """A second stop signal: leave now, without saving."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"second {self.name}: aborting without saving")
 
 
 class GracefulStop:
@@ -56,7 +71,7 @@ class GracefulStop:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without saving")
+            raise Aborted(signum)
         self.signum = signum
         if self.announce:
             print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
@@ -76,8 +91,19 @@ class GracefulStop:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM (see the module
-    docstring). PyTorch's last resort for a worker that does not exit when shut down (a SIGTERM
-    from the trainer) is lost with it; SIGKILL still ends a worker."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT, and SIGTERM from anyone but its
+    parent (see the module docstring). A SIGTERM from the parent ends it at once, as PyTorch's own
+    handler does; SIGKILL still ends it from anywhere."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Python's handlers cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this
+    # thread before the worker starts any other (threads inherit the mask), so it reaches only
+    # the waiting thread below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True,
+                     name="asrlib-sigterm").start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

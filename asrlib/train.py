@@ -55,7 +55,7 @@ from asrlib.optim import build_optimizer, build_scheduler
 from asrlib.resume import check_compatible, find_checkpoint, launcher
 from asrlib.rng import rng_state, set_rng_state, stream_seed
 from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
-from asrlib.stopping import GracefulStop, ignore_stop_signals
+from asrlib.stopping import Aborted, GracefulStop, ignore_stop_signals
 from asrlib.tokenizer import Tokenizer, TokenizerError
 
 
@@ -370,13 +370,19 @@ class Trainer:
         t0, seconds0 = time.perf_counter(), self.progress.audio_seconds
         self.last_save = time.monotonic()
         with GracefulStop(announce=self.rank == 0) as stop:
-            while self.progress.step < tc.max_steps and not stop.any_rank(self.world, self.device):
-                self.loop_step(stream, bar, t0, seconds0)
-        if stop.requested:
-            self.stopped_by = stop.name
-            path = self.save_checkpoint()
-            self.log_line(f"stopped by {stop.name} at step {self.progress.step}; saved {path or 'a checkpoint'}. "
-                          f"Continue with: {self.resume_command}")
+            try:
+                while self.progress.step < tc.max_steps and not stop.any_rank(self.world, self.device):
+                    self.loop_step(stream, bar, t0, seconds0)
+                if stop.requested:
+                    self.stopped_by = stop.name
+                    path = self.save_checkpoint()
+                    self.log_line(f"stopped by {stop.name} at step {self.progress.step}; saved {path or 'a checkpoint'}. "
+                                  f"Continue with: {self.resume_command}")
+            except Aborted as e:  # a second signal, maybe during that save: out now, no save
+                self.stopped_by = e.name
+                self.log_line(f"second {e.name}: stopped without saving at step {self.progress.step}. Continue from "
+                              f"the last checkpoint with: {self.resume_command}")
+        stream.close()  # the loader's workers end now, not when the generator is collected
         if bar:
             bar.close()
         self.log_line(skip_summary(self.progress.skipped_utterances, self.progress.skipped_reasons))

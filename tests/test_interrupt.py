@@ -71,7 +71,11 @@ KILL = {"process": "os.kill(os.getpid(), signal.{sig})",  # the trainer alone
         # request to exit quietly, so the sender must be someone else)
         # (not os.system: system() ignores SIGINT in its caller while the shell runs)
         "group": "import subprocess; subprocess.run(['sh', '-c', 'kill -s {name} -- -%d' % os.getpgid(0)])",
-        "agent": "os.kill(os.getppid(), signal.{sig})"}  # torchrun's agent, the ranks' parent
+        "agent": "os.kill(os.getppid(), signal.{sig})",  # torchrun's agent, the ranks' parent
+        # twice, as someone does whose run does not stop soon enough (the shell, in the group
+        # too, traps them)
+        "group twice": "import subprocess; subprocess.run(['sh', '-c', 'trap : INT TERM; kill -s {name} -- -%d; "
+                       "sleep 1; kill -s {name} -- -%d' % (os.getpgid(0), os.getpgid(0))])"}
 
 
 @pytest.mark.parametrize("sig, target", [("SIGINT", "process"), ("SIGTERM", "process"),
@@ -109,6 +113,50 @@ def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig, target):
     assert resumed.progress.step == 2
     resumed.fit()
     assert_same_run(expected, _full_state(resumed), ("step", "epoch", "batches_in_epoch", "audio_seconds", "best_wer"))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_second_signal_aborts_without_saving(tmp_path, sig):
+    """The second signal ends the run at once, loader worker included: one line saying so and
+    how to continue, the signal's exit status, no checkpoint written after the first signal."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    out = tmp_path / "run"
+    argv = ["--config", str(TINY)]
+    for o in overrides(out, train, valid) + ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]:
+        argv += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    child = CHILD.format(kill=KILL["group twice"].format(name=sig[3:]), entry="train")
+    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120, start_new_session=True)
+    assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"second {sig}: stopped without saving at step 2" in r.stderr and "--resume auto" in r.stderr
+    assert "stopped by" not in r.stderr
+    assert ckpt.list_checkpoints(out / "checkpoints") == []  # the first checkpoint falls at step 3
+
+
+def test_an_error_with_loader_workers_running_exits(tmp_path):
+    """A program that fails (or simply ends) while the training loader's workers run exits:
+    Python's exit terminates them, and they take SIGTERM from their parent."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    over = overrides(tmp_path / "run", train, "[]") + ["train_dataset.num_workers=2",
+                                                       "train_dataset.persistent_workers=true"]
+    script = f"""
+import torch
+from asrlib.config import load_config
+from asrlib.train import Trainer
+torch.set_num_threads(1)
+trainer = Trainer(load_config({str(TINY)!r}, {over!r}))
+trainer.setup()
+stream = trainer.micro_batches()
+next(stream)
+raise RuntimeError("a bug after the first batch")
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120, start_new_session=True)  # it used to wait for its workers for ever
+    assert r.returncode == 1 and "RuntimeError: a bug after the first batch" in r.stderr, r.stderr[-3000:]
 
 
 def test_checkpoints_on_a_clock(tmp_path):
