@@ -95,6 +95,8 @@ def ignore_stop_signals(worker_id: int) -> None:
     parent (see the module docstring). A SIGTERM from the parent ends it at once, as PyTorch's own
     handler does; SIGKILL still ends it from anywhere."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not Linux: SIGTERM stays with PyTorch's handling
+        return
     # Python's handlers cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this
     # thread before the worker starts any other (threads inherit the mask), so it reaches only
     # the waiting thread below.
