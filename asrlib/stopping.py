@@ -38,7 +38,6 @@ class Aborted(KeyboardInterrupt):
     """A second stop signal: leave now, without saving."""
 
     def __init__(self, signum: int):
-        self.signum = signum
         self.name = signal.Signals(signum).name
         super().__init__(f"second {self.name}: aborting without saving")
 

@@ -25,6 +25,13 @@ from asrlib.resume import launcher
 from asrlib.train import Trainer
 
 ROOT = TINY.parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # for the child processes
+WORKER = ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]  # one persistent loader worker
+
+
+def sets(over: list[str]) -> list[str]:
+    """``--set`` arguments for these overrides."""
+    return [a for o in over for a in ("--set", o)]
 
 
 def overrides(out, train, valid) -> list[str]:
@@ -85,7 +92,7 @@ def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig, target):
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
     over = overrides(tmp_path / "a", train, valid)
     if target == "group":  # a loader worker in the group, busy prefetching when the signal comes
-        over += ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]
+        over += WORKER
 
     straight = Trainer(load_config(TINY, over))
     straight.setup()
@@ -94,13 +101,10 @@ def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig, target):
 
     out = tmp_path / "b"
     over = [o.replace(str(tmp_path / "a"), str(out)) for o in over]
-    argv = ["--config", str(TINY)]
-    for o in over:
-        argv += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    argv = ["--config", str(TINY), *sets(over)]
     child = CHILD.format(kill=KILL[target].format(sig=sig, name=sig[3:]), entry="train")
     # a session of its own: the process group the child signals holds it and its loader worker only
-    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=ENV, capture_output=True,
                        text=True, timeout=300, start_new_session=True)
     assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -122,12 +126,9 @@ def test_second_signal_aborts_without_saving(tmp_path, sig):
     train = make_manifest(tmp_path, RESUME_SET)
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
     out = tmp_path / "run"
-    argv = ["--config", str(TINY)]
-    for o in overrides(out, train, valid) + ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]:
-        argv += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    argv = ["--config", str(TINY), *sets(overrides(out, train, valid) + WORKER)]
     child = CHILD.format(kill=KILL["group twice"].format(name=sig[3:]), entry="train")
-    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=ENV, capture_output=True,
                        text=True, timeout=120, start_new_session=True)
     assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -153,8 +154,7 @@ stream = trainer.micro_batches()
 next(stream)
 raise RuntimeError("a bug after the first batch")
 """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                        timeout=120, start_new_session=True)  # it used to wait for its workers for ever
     assert r.returncode == 1 and "RuntimeError: a bug after the first batch" in r.stderr, r.stderr[-3000:]
 
@@ -190,15 +190,12 @@ def test_sigterm_to_torchrun_saves_and_resume_is_bit_exact(tmp_path):
     ``--resume auto`` under torchrun ends bit-exactly where an uninterrupted run ends."""
     train = make_manifest(tmp_path, RESUME_SET)
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
     def torchrun(out, *extra, child=None):
-        over = overrides(out, train, valid) + ["train_dataset.num_workers=1", "train_dataset.persistent_workers=true"]
+        over = overrides(out, train, valid) + WORKER
         head = ["-c", child] if child else ["-m", "asrlib.train"]
-        args = torchrun_args(*head, "--config", str(TINY))
-        for o in over + list(extra):
-            args += ["--set", o]
-        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        args = torchrun_args(*head, "--config", str(TINY), *sets(over + list(extra)))
+        return subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
                               start_new_session=True)
 
     r = torchrun(tmp_path / "a")
@@ -230,10 +227,8 @@ def test_stopped_demo_saves_and_does_not_evaluate(tmp_path):
     out = tmp_path / "demo"
     args = torchrun_args("-c", CHILD.format(kill=KILL["agent"].format(sig="SIGTERM"), entry="demo"),
                          "--config", str(TINY), "--out", str(out), "--test", str(valid))
-    for o in overrides(out, train, valid) + ["train_dataset.num_workers=1"]:
-        args += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    args += sets(overrides(out, train, valid) + ["train_dataset.num_workers=1"])
+    r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
                        start_new_session=True)
     assert "stopped by SIGTERM at step 2" in r.stderr, r.stderr[-3000:]
     assert "Continue with: torchrun --standalone --nproc_per_node 2 -m asrlib.demo --config" in r.stderr
