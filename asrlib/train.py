@@ -130,7 +130,6 @@ class Trainer:
         if cfg.model.frontend.normalize:
             self.estimate_feature_stats()
         self.build_training_modules()
-        self.ema = WeightEMA(self.model, cfg.trainer.ema_decay) if cfg.trainer.ema_decay > 0 else None
 
         self.val_sets = []
         for path in cfg.validation_dataset.validation_manifest:
@@ -149,8 +148,9 @@ class Trainer:
         self.log_line(f"model: {n / 1e6:.2f} M parameters; device {self.device}; world size {self.world}")
 
     def build_training_modules(self) -> None:
-        """Loss module, DDP wrapper, compilation, optimiser, schedule, autocast dtype, GradScaler
-        around ``self.model`` (on ``self.device``); bench/gpu_step.py calls it on a bare Trainer."""
+        """Loss module, DDP wrapper, compilation, optimiser, schedule, autocast dtype, GradScaler and
+        weight average around ``self.model`` (on ``self.device``): everything ``train_step`` uses.
+        bench/gpu_step.py calls it on a bare Trainer."""
         cfg = self.cfg
         self.loss_module = HybridLoss(self.model, cfg)
         self.ddp = None
@@ -169,6 +169,7 @@ class Trainer:
             self.log_line("trainer.precision = fp16 needs a GPU; training in float32 (bf16 works on CPU)")
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = WeightEMA(self.model, cfg.trainer.ema_decay) if cfg.trainer.ema_decay > 0 else None
 
     def estimate_feature_stats(self, max_utterances: int = 256) -> None:
         """Per-bin log-mel mean/std from a seeded sample of training utterances (same on every rank).

@@ -16,7 +16,8 @@ then trains N times the audio of a one-process step.
 
 ``--losses full pruned`` measures each preset with the full RNN-T loss and with the pruned one
 (``loss.rnnt = "pruned"`` + the simple projections) in the same run, so their ratio is fair on a
-shared machine. ``--v1024`` adds a preset sized for this CPU with a production-sized vocabulary
+shared machine. ``--precisions fp32 bf16`` does the same for ``trainer.precision`` (bf16
+autocast, which also runs on a CPU). ``--v1024`` adds a preset sized for this CPU with a production-sized vocabulary
 (d 256, 6 blocks, V = 1024, joint 640; random audio and token ids, 4 x 8 s utterances at 3
 tokens/s, since no bundled corpus has 1024 pieces), where the joint is a large share of the
 step. Every row also has the model's training FLOPs per audio-second (forward + backward,
@@ -56,12 +57,12 @@ V1024 = ["model.encoder.d_model=256", "model.encoder.n_blocks=6", "model.encoder
          "model.joint.hidden=640", "model.prediction.hidden=320"]
 
 
-def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "full") -> dict:
+def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "full", precision: str = "fp32") -> dict:
     with tempfile.TemporaryDirectory(prefix="asrlib-bench-") as out:
         cfg = load_config(ROOT / "configs" / f"{preset}.toml", [
             f"trainer.output_dir={out}", "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
             f"trainer.num_threads={threads}", "validation_dataset.validation_manifest=[]",
-            *(PRUNED if loss == "pruned" else []),
+            *(PRUNED if loss == "pruned" else []), f"trainer.precision={precision}",
         ])
         tr = Trainer(cfg)
         tr.setup()  # sets torch threads from trainer.num_threads
@@ -86,6 +87,7 @@ def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "ful
     return {
         "preset": preset,
         "loss": loss,
+        "precision": precision,
         "processes": tr.world,
         "threads": torch.get_num_threads(),
         "params_M": round(count_parameters(tr.model) / 1e6, 3),
@@ -101,12 +103,13 @@ def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "ful
     }
 
 
-def measure_v1024(threads: int, steps: int, warmup: int, loss: str) -> dict:
+def measure_v1024(threads: int, steps: int, warmup: int, loss: str, precision: str = "fp32") -> dict:
     """The CPU-sized V = 1024 preset on a fixed random batch (4 x 8 s, 24 tokens each)."""
     torch.set_num_threads(threads)
     cfg = load_config(ROOT / "configs" / "demo.toml", ["validation_dataset.validation_manifest=[]",
                                                          "trainer.compile=false", *V1024,
-                                                         *(PRUNED if loss == "pruned" else [])])
+                                                         *(PRUNED if loss == "pruned" else []),
+                                                         f"trainer.precision={precision}"])
     cfg.model.vocab_size = 1024
     tr = bare_trainer(cfg, torch.device("cpu"))
     batch = random_batch(4, 8.0, 24, 1024, cfg.model.frontend.sample_rate)
@@ -118,11 +121,18 @@ def measure_v1024(threads: int, steps: int, warmup: int, loss: str) -> dict:
     wall = (time.perf_counter() - t0) / steps
     audio = float(batch.audio_lengths.sum()) / cfg.model.frontend.sample_rate
     flops = count_flops(tr, batch)
-    return {"preset": "demo@d256x6,V1024", "loss": loss, "processes": 1, "threads": threads,
+    return {"preset": "demo@d256x6,V1024", "loss": loss, "precision": precision, "processes": 1, "threads": threads,
             "params_M": round(count_parameters(tr.model) / 1e6, 3), "batch": "4 x 8 s random, 24 tokens",
             "timed_steps": steps, "audio_seconds_per_second": round(audio / wall, 2),
             "seconds_per_step": round(wall, 3), "gflops_per_audio_second": round(flops / audio / 1e9, 2),
             "gflops_per_second": round(flops / wall / 1e9, 2)}
+
+
+def twin(results: list[dict], r: dict, field: str, value: str) -> dict | None:
+    """The result that differs from ``r`` only in having ``field`` = ``value``."""
+    keys = ("preset", "threads", "loss", "precision")
+    return next((q for q in results if q[field] == value
+                 and all(q[k] == r[k] for k in keys if k != field)), None)
 
 
 def main() -> None:
@@ -133,6 +143,7 @@ def main() -> None:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--processes", type=int, default=1, help="DDP processes (relaunches under torchrun)")
     p.add_argument("--losses", nargs="+", default=["full"], choices=["full", "pruned"])
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--v1024", action="store_true", help="add the CPU-sized V = 1024 preset (one process)")
     args = p.parse_args()
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
@@ -141,25 +152,26 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(min(args.threads))}
         sys.exit(subprocess.run(cmd, env=env).returncode)
     load_before = os.getloadavg()
-    results = [measure(preset, t, args.steps, args.warmup, loss) for preset in args.presets for t in args.threads
-               for loss in args.losses]
+    results = [measure(preset, t, args.steps, args.warmup, loss, prec) for preset in args.presets
+               for t in args.threads for loss in args.losses for prec in args.precisions]
     if dist.is_initialized():
         dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if args.v1024:
-        results += [measure_v1024(t, args.steps, args.warmup, loss) for t in args.threads for loss in args.losses]
+        results += [measure_v1024(t, args.steps, args.warmup, loss, prec) for t in args.threads
+                    for loss in args.losses for prec in args.precisions]
     matmul = {t: 0.0 for t in args.threads}
     for t in args.threads:
         torch.set_num_threads(t)
         matmul[t] = matmul_flops_per_second()
     for r in results:
         r["fraction_of_matmul_peak"] = round(r["gflops_per_second"] * 1e9 / matmul[r["threads"]] / r["processes"], 4)
-    for r in results:  # pruned against full, same preset and threads, same run
-        full = next((q for q in results if q["preset"] == r["preset"] and q["threads"] == r["threads"]
-                     and q["loss"] == "full"), None)
-        if r["loss"] == "pruned" and full:
-            r["speedup_over_full"] = round(r["audio_seconds_per_second"] / full["audio_seconds_per_second"], 3)
+    for r in results:  # pruned against full and bf16 against fp32, everything else alike, same run
+        for field, base in (("loss", "full"), ("precision", "fp32")):
+            other = twin(results, r, field, base)
+            if r[field] != base and other:
+                r[f"speedup_over_{base}"] = round(r["audio_seconds_per_second"] / other["audio_seconds_per_second"], 3)
     print(json.dumps({
         "benchmark": "train_throughput",
         "unit": "audio seconds trained per wall second (forward + backward + optimiser step)",
