@@ -16,11 +16,11 @@ then trains N times the audio of a one-process step.
 
 ``--losses full pruned`` measures each preset with the full RNN-T loss and with the pruned one
 (``loss.rnnt = "pruned"`` + the simple projections) in the same run, so their ratio is fair on a
-shared machine. ``--precisions fp32 bf16`` does the same for ``trainer.precision`` (bf16
-autocast, which also runs on a CPU). ``--v1024`` adds a preset sized for this CPU with a production-sized vocabulary
-(d 256, 6 blocks, V = 1024, joint 640; random audio and token ids, 4 x 8 s utterances at 3
-tokens/s, since no bundled corpus has 1024 pieces), where the joint is a large share of the
-step. Every row also has the model's training FLOPs per audio-second (forward + backward,
+shared machine; ``--precisions fp32 bf16`` does the same for ``trainer.precision`` (bf16
+autocast, which also runs on a CPU). ``--v1024`` adds a preset sized for this CPU with a
+production-sized vocabulary (d 256, 6 blocks, V = 1024, joint 640; random audio and token ids,
+4 x 8 s utterances at 3 tokens/s, since no bundled corpus has 1024 pieces), where the joint is a
+large share of the step. Every row also has the model's training FLOPs per audio-second (forward + backward,
 ``torch.utils.flop_counter``) and the fraction of this machine's measured float32 matmul
 FLOP/s (same threads) that the step reaches.
 
