@@ -42,6 +42,4 @@ def test_train_throughput_ratios():
         fp32, bf16 = rows[preset, "fp32"], rows[preset, "bf16"]
         assert "speedup_over_fp32" not in fp32
         expected = bf16["audio_seconds_per_second"] / fp32["audio_seconds_per_second"]
-        assert bf16["speedup_over_fp32"] == pytest.approx(expected, abs=1e-3)
-    tiny = rows["tiny", "fp32"]
-    assert tiny["audio_seconds_per_second"] == pytest.approx(tiny["audio_seconds"] / tiny["wall_seconds"], rel=0.02)
+        assert bf16["speedup_over_fp32"] == pytest.approx(expected, abs=1e-3)  # both rounded in the JSON
