@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.setup()
     trainer.fit()
     train_minutes = (time.perf_counter() - t0) / 60
-    if trainer.world > 1:
+    if trainer.world > 1 and not trainer.aborted:  # aborted: another rank may wait in a collective
         import torch.distributed as dist
 
         dist.barrier()  # leave together: a rank tearing gloo down while another still uses it can abort

@@ -5,6 +5,13 @@ checkpoint (atomically) and exits with a message naming the resume command. A se
 aborts at once (``Aborted``, a KeyboardInterrupt), for when saving itself hangs: the trainer
 leaves without saving, and the checkpoints written before are whole (written atomically).
 
+A second signal counts only if it comes ``REPEAT_SECONDS`` or more after the first. One stop is
+often delivered twice within milliseconds: ``pkill -f``, Slurm at a job's time limit and
+``scancel`` signal every process of the run, and torchrun's agent, signalled too, then sends
+each rank its own SIGTERM. Taken as "again", that second copy aborted the ranks part-way through
+a step, without the checkpoint; one rank left while the other waited in a collective for it,
+and both hung until the agent killed them 30 s later (seen on a 19000-step run).
+
     with GracefulStop() as stop:
         while …:
             train_step()
@@ -30,8 +37,10 @@ import os
 import signal
 import sys
 import threading
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_SECONDS = 2.0  # a signal this soon after the first is the same stop delivered twice
 
 
 class Aborted(KeyboardInterrupt):
@@ -45,6 +54,7 @@ class Aborted(KeyboardInterrupt):
 class GracefulStop:
     def __init__(self, announce: bool = True):
         self.signum: int | None = None  # the first signal received, if any
+        self.first_at = 0.0  # when it came (time.monotonic)
         self.announce = announce
         self._old: dict = {}
 
@@ -65,16 +75,20 @@ class GracefulStop:
             flag = torch.tensor([float(self.signum or 0)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() > 0 and self.signum is None:
-                self.signum = int(flag.item())
+                self.signum, self.first_at = int(flag.item()), time.monotonic()
         return self.requested
 
     def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
         if self.signum is not None:
+            if now - self.first_at < REPEAT_SECONDS:
+                return  # the same stop, delivered twice (see the module docstring)
             raise Aborted(signum)
-        self.signum = signum
+        self.signum, self.first_at = signum, now
         if self.announce:
             print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
-                  "(send it again to abort without saving)", file=sys.stderr, flush=True)
+                  f"(send it again, {REPEAT_SECONDS:g} s or more from now, to abort without saving)",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():  # handlers only work there

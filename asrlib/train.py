@@ -81,6 +81,7 @@ class Trainer:
         self.force = force  # a new run may move an earlier run in output_dir aside
         self.resume_command = resume_command or "asrlib train --config <your config> --resume auto"
         self.stopped_by = ""  # signal name when a SIGINT/SIGTERM ended fit() early
+        self.aborted = False  # a second signal ended it without saving (the ranks may be out of step)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -380,7 +381,7 @@ class Trainer:
                     self.log_line(f"stopped by {stop.name} at step {self.progress.step}; saved {path or 'a checkpoint'}. "
                                   f"Continue with: {self.resume_command}")
             except Aborted as e:  # a second signal, maybe during that save: out now, no save
-                self.stopped_by = e.name
+                self.stopped_by, self.aborted = e.name, True
                 self.log_line(f"second {e.name}: stopped without saving at step {self.progress.step}. Continue from "
                               f"the last checkpoint with: {self.resume_command}")
         stream.close()  # the loader's workers end now, not when the generator is collected
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg, force=args.force, resume_command=resume_command(args))
     trainer.setup()
     trainer.fit()
-    if dist.is_initialized():
+    if dist.is_initialized() and not trainer.aborted:  # aborted: another rank may wait in a collective
         dist.barrier()  # leave together: a rank tearing gloo down while another still uses it can abort
         dist.destroy_process_group()
     if trainer.stopped_by:

@@ -22,6 +22,7 @@ from test_train import RESUME_SET, TINY, _free_port, _full_state, assert_same_ru
 from asrlib import checkpoint as ckpt
 from asrlib.config import load_config
 from asrlib.resume import launcher
+from asrlib.stopping import REPEAT_SECONDS
 from asrlib.train import Trainer
 
 ROOT = TINY.parents[1]
@@ -82,16 +83,23 @@ KILL = {"process": "os.kill(os.getpid(), signal.{sig})",  # the trainer alone
         # twice, as someone does whose run does not stop soon enough (the shell, in the group
         # too, traps them)
         "group twice": "import subprocess; subprocess.run(['sh', '-c', 'trap : INT TERM; kill -s {name} -- -%d; "
-                       "sleep 1; kill -s {name} -- -%d' % (os.getpgid(0), os.getpgid(0))])"}
+                       f"sleep {REPEAT_SECONDS + 1}; kill -s {{name}} -- -%d' % (os.getpgid(0), os.getpgid(0))])",
+        # one stop delivered twice, a moment apart, as a scheduler and torchrun's agent deliver it
+        "group echoed": "import subprocess; subprocess.run(['sh', '-c', 'trap : INT TERM; kill -s {name} -- -%d; "
+                        "sleep 0.2; kill -s {name} -- -%d' % (os.getpgid(0), os.getpgid(0))])",
+        # every process of a torchrun run at once (``pkill -f``, Slurm at the time limit): the
+        # ranks, then the agent, which sends each rank a SIGTERM of its own
+        "everyone": "import subprocess; subprocess.run(['sh', '-c', 'pkill -TERM -P %d; sleep 0.2; kill -TERM %d' "
+                    "% (os.getppid(), os.getppid())])"}
 
 
 @pytest.mark.parametrize("sig, target", [("SIGINT", "process"), ("SIGTERM", "process"),
-                                         ("SIGINT", "group"), ("SIGTERM", "group")])
+                                         ("SIGINT", "group"), ("SIGTERM", "group"), ("SIGTERM", "group echoed")])
 def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig, target):
     train = make_manifest(tmp_path, RESUME_SET)
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
     over = overrides(tmp_path / "a", train, valid)
-    if target == "group":  # a loader worker in the group, busy prefetching when the signal comes
+    if target.startswith("group"):  # a loader worker in the group, busy prefetching when the signal comes
         over += WORKER
 
     straight = Trainer(load_config(TINY, over))
@@ -217,6 +225,23 @@ def test_sigterm_to_torchrun_saves_and_resume_is_bit_exact(tmp_path):
         assert_same_tree(expected[key], got[key], key)
     for k in ("step", "epoch", "batches_in_epoch", "audio_seconds", "best_wer"):
         assert expected["progress"][k] == got["progress"][k], k
+
+
+def test_sigterm_to_every_process_of_a_torchrun_run_saves(tmp_path):
+    """``pkill -f``, or Slurm at a job's time limit, signals the agent and the ranks at once; the
+    agent then sends each rank a SIGTERM of its own. One stop, delivered twice: the ranks finish
+    step 2 together and save (they used to take the copy for a second signal, abort part-way and
+    hang until the agent killed them, with no checkpoint)."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    out = tmp_path / "run"
+    args = torchrun_args("-c", CHILD.format(kill=KILL["everyone"], entry="train"), "--config", str(TINY),
+                         *sets(overrides(out, train, valid) + WORKER))
+    r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+                       start_new_session=True)
+    assert "stopped by SIGTERM at step 2" in r.stderr, r.stderr[-3000:]
+    assert "second SIGTERM" not in r.stderr and "forcefully" not in r.stderr, r.stderr[-3000:]
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000002.pt"]
 
 
 def test_stopped_demo_saves_and_does_not_evaluate(tmp_path):
