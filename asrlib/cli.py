@@ -10,6 +10,7 @@
     asrlib compare-stream --checkpoint CK --audio F compare.py
     asrlib export --checkpoint CK --out DIR         export.py
     asrlib average CK… [--last N] --out DIR         average.py
+    asrlib significance A.json B.json               significance.py
 
 A user's mistake is one line, ``asrlib COMMAND: error: …``, exit status 2; ``--debug`` (anywhere
 on the line) shows the traceback instead. Each target module has ``main(argv: list[str]) -> int``; it is imported only when used, so
@@ -33,6 +34,7 @@ COMMANDS = {
     "compare-stream": ("asrlib.compare", "compare the full model with the streaming path"),
     "export": ("asrlib.export", "export the streaming step to ONNX"),
     "average": ("asrlib.average", "average the weights of a run's checkpoints into a model folder"),
+    "significance": ("asrlib.significance", "is one WER really lower than another? (paired bootstrap)"),
 }
 
 
