@@ -14,7 +14,9 @@ performance evaluation", ICASSP 2004).
 ``--by speaker`` (the default when every utterance's manifest line has a ``speaker`` field, as
 ``asrlib prepare an4`` writes) resamples whole speakers: one speaker's utterances share a voice,
 so their errors are not independent, and resampling utterances would make the interval too
-narrow. With 10 dev speakers the interval is wide; that is the honest answer. The speaker comes
+narrow. With 10 dev speakers the interval is wide; that is the honest answer. It is also only
+approximate: when B is level or worse on every speaker, no resample favours B, and the interval
+says no more than a sign test over those speakers would. The speaker comes
 from the manifest line each utterance id (``manifest:line``) names; ``--manifest`` gives the
 manifest's path when the report was written from another folder.
 """
