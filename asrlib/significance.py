@@ -108,9 +108,8 @@ def paired_bootstrap(words, err_a, err_b, groups=None, resamples: int = 10000, s
         np.add.at(per[row], member, x)
     if per[0].sum() == 0:
         raise UsageError("the references have no words; nothing to compare")
-    draws = np.random.default_rng(seed).integers(0, k, size=(resamples, k))
-    tally = np.stack([np.bincount(d, minlength=k) for d in draws])  # how often each group was drawn
-    w, ea, eb = (tally @ per[i] for i in range(3))
+    draws = np.random.default_rng(seed).integers(0, k, size=(resamples, k))  # the groups of each resample
+    w, ea, eb = (per[i][draws].sum(axis=1) for i in range(3))
     keep = w > 0
     diff = (eb[keep] - ea[keep]) / w[keep]
     observed_a, observed_b = per[1].sum() / per[0].sum(), per[2].sum() / per[0].sum()

@@ -73,6 +73,8 @@ train.Trainer.train_step = step_then_signal
 from asrlib import {entry} as entry
 sys.exit(entry.main(sys.argv[1:]))
 """
+GROUP_TWICE = ("import subprocess; subprocess.run(['sh', '-c', 'trap : INT TERM; kill -s {name} -- -%d; "
+               "sleep PAUSE; kill -s {name} -- -%d' % (os.getpgid(0), os.getpgid(0))])")
 KILL = {"process": "os.kill(os.getpid(), signal.{sig})",  # the trainer alone
         # the trainer's process group (it and its DataLoader worker), from another process, as a
         # terminal or a scheduler sends it (a worker takes a SIGTERM from its own parent as a
@@ -82,11 +84,9 @@ KILL = {"process": "os.kill(os.getpid(), signal.{sig})",  # the trainer alone
         "agent": "os.kill(os.getppid(), signal.{sig})",  # torchrun's agent, the ranks' parent
         # twice, as someone does whose run does not stop soon enough (the shell, in the group
         # too, traps them)
-        "group twice": "import subprocess; subprocess.run(['sh', '-c', 'trap : INT TERM; kill -s {name} -- -%d; "
-                       f"sleep {REPEAT_SECONDS + 1}; kill -s {{name}} -- -%d' % (os.getpgid(0), os.getpgid(0))])",
+        "group twice": GROUP_TWICE.replace("PAUSE", str(REPEAT_SECONDS + 1)),
         # one stop delivered twice, a moment apart, as a scheduler and torchrun's agent deliver it
-        "group echoed": "import subprocess; subprocess.run(['sh', '-c', 'trap : INT TERM; kill -s {name} -- -%d; "
-                        "sleep 0.2; kill -s {name} -- -%d' % (os.getpgid(0), os.getpgid(0))])",
+        "group echoed": GROUP_TWICE.replace("PAUSE", "0.2"),
         # every process of a torchrun run at once (``pkill -f``, Slurm at the time limit): the
         # ranks, then the agent, which sends each rank a SIGTERM of its own
         "everyone": "import subprocess; subprocess.run(['sh', '-c', 'pkill -TERM -P %d; sleep 0.2; kill -TERM %d' "
