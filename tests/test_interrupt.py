@@ -35,6 +35,21 @@ def sets(over: list[str]) -> list[str]:
     return [a for o in over for a in ("--set", o)]
 
 
+def run_session(args: list[str], cwd, timeout: float) -> subprocess.CompletedProcess:
+    """``args`` in a session of its own (the process group a child signals holds only this run);
+    on a timeout the whole group is killed, so that a hung run's ranks and workers do not outlive
+    the test."""
+    p = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
 def overrides(out, train, valid) -> list[str]:
     """test_train's resume recipe (dropout, speed/gain perturbation, an epoch boundary)."""
     return [f"trainer.output_dir={out}", f"train_dataset.train_manifest={train}",
@@ -111,9 +126,7 @@ def test_signal_saves_and_resume_is_bit_exact(tmp_path, sig, target):
     over = [o.replace(str(tmp_path / "a"), str(out)) for o in over]
     argv = ["--config", str(TINY), *sets(over)]
     child = CHILD.format(kill=KILL[target].format(sig=sig, name=sig[3:]), entry="train")
-    # a session of its own: the process group the child signals holds it and its loader worker only
-    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=ENV, capture_output=True,
-                       text=True, timeout=300, start_new_session=True)
+    r = run_session([sys.executable, "-c", child, *argv], tmp_path, timeout=300)
     assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"stopped by {sig} at step 2" in r.stderr and "--resume auto" in r.stderr
@@ -136,8 +149,7 @@ def test_second_signal_aborts_without_saving(tmp_path, sig):
     out = tmp_path / "run"
     argv = ["--config", str(TINY), *sets(overrides(out, train, valid) + WORKER)]
     child = CHILD.format(kill=KILL["group twice"].format(name=sig[3:]), entry="train")
-    r = subprocess.run([sys.executable, "-c", child, *argv], cwd=tmp_path, env=ENV, capture_output=True,
-                       text=True, timeout=120, start_new_session=True)
+    r = run_session([sys.executable, "-c", child, *argv], tmp_path, timeout=120)
     assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"second {sig}: stopped without saving at step 2" in r.stderr and "--resume auto" in r.stderr
@@ -162,8 +174,7 @@ stream = trainer.micro_batches()
 next(stream)
 raise RuntimeError("a bug after the first batch")
 """
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                       timeout=120, start_new_session=True)  # it used to wait for its workers for ever
+    r = run_session([sys.executable, "-c", script], tmp_path, timeout=120)  # it used to wait for its workers for ever
     assert r.returncode == 1 and "RuntimeError: a bug after the first batch" in r.stderr, r.stderr[-3000:]
 
 
@@ -203,8 +214,7 @@ def test_sigterm_to_torchrun_saves_and_resume_is_bit_exact(tmp_path):
         over = overrides(out, train, valid) + WORKER
         head = ["-c", child] if child else ["-m", "asrlib.train"]
         args = torchrun_args(*head, "--config", str(TINY), *sets(over + list(extra)))
-        return subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-                              start_new_session=True)
+        return run_session(args, tmp_path, timeout=300)
 
     r = torchrun(tmp_path / "a")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -237,11 +247,49 @@ def test_sigterm_to_every_process_of_a_torchrun_run_saves(tmp_path):
     out = tmp_path / "run"
     args = torchrun_args("-c", CHILD.format(kill=KILL["everyone"], entry="train"), "--config", str(TINY),
                          *sets(overrides(out, train, valid) + WORKER))
-    r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-                       start_new_session=True)
+    r = run_session(args, tmp_path, timeout=300)
     assert "stopped by SIGTERM at step 2" in r.stderr, r.stderr[-3000:]
     assert "second SIGTERM" not in r.stderr and "forcefully" not in r.stderr, r.stderr[-3000:]
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000002.pt"]
+
+
+# Rank 0 alone takes a stop signal twice, REPEAT_SECONDS + 1 apart, right after step 2: it aborts
+# there, while rank 1 has gone on and waits for it in the next step's stop check (a collective).
+ABORT_RANK_0 = """
+import os, signal, sys, time
+import torch
+from asrlib import stopping, train
+torch.set_num_threads(1)
+real = train.Trainer.train_step
+def step_then_abort(self, batches):
+    out = real(self, batches)
+    if self.progress.step == 2 and self.rank == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(stopping.REPEAT_SECONDS + 1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+train.Trainer.train_step = step_then_abort
+from asrlib import {entry} as entry
+sys.exit(entry.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("entry", ["train", "demo"])
+def test_a_rank_aborted_out_of_step_does_not_hang_the_run(tmp_path, entry):
+    """A rank that aborts (a second signal) while another waits for it in a collective leaves at
+    once, without saving and without the exit barrier, where the two would wait for each other
+    for ever (they did: both hung past the timeout). The waiting rank's collective then fails
+    and torchrun ends the run."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    out = tmp_path / "run"
+    head = ["-c", ABORT_RANK_0.format(entry=entry), "--config", str(TINY)]
+    if entry == "demo":
+        head += ["--out", str(out), "--test", str(valid)]
+    r = run_session(torchrun_args(*head, *sets(overrides(out, train, valid))), tmp_path, timeout=120)
+    assert "second SIGTERM: stopped without saving at step 2" in r.stderr, r.stderr[-3000:]
+    assert r.returncode != 0
+    assert ckpt.list_checkpoints(out / "checkpoints") == []  # the first checkpoint falls at step 3
 
 
 def test_stopped_demo_saves_and_does_not_evaluate(tmp_path):
@@ -253,8 +301,7 @@ def test_stopped_demo_saves_and_does_not_evaluate(tmp_path):
     args = torchrun_args("-c", CHILD.format(kill=KILL["agent"].format(sig="SIGTERM"), entry="demo"),
                          "--config", str(TINY), "--out", str(out), "--test", str(valid))
     args += sets(overrides(out, train, valid) + ["train_dataset.num_workers=1"])
-    r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-                       start_new_session=True)
+    r = run_session(args, tmp_path, timeout=300)
     assert "stopped by SIGTERM at step 2" in r.stderr, r.stderr[-3000:]
     assert "Continue with: torchrun --standalone --nproc_per_node 2 -m asrlib.demo --config" in r.stderr
     assert "split/decoder" not in r.stdout and not (out / "metrics.json").exists()
