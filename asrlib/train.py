@@ -208,7 +208,7 @@ class Trainer:
             self.sched.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.progress = Progress(**state["progress"])
-            self.sampler.load_state_dict(state["sampler"])  # checks seed, world size and data match
+            self.sampler.load_state_dict(state["sampler"])  # checks that seed and data match
             if self.ema is not None and "ema" in state:
                 self.ema.load_state_dict(state["ema"])
             elif self.ema is not None:  # a run that kept no average: it starts from the resumed weights
@@ -219,6 +219,13 @@ class Trainer:
         set_rng_state(state["rng"], self.device)
         self.skips = SkipTally(self.progress.skipped_reasons, self.log_line)
         self.log_line(f"resumed from {path} at step {self.progress.step}")
+        if (moved := self.sampler.resharded) is not None:  # saved on another number of processes
+            self.progress.batches_in_epoch = self.sampler.consumed
+            was = moved["saved_world_size"]
+            self.log_line(f"world size {was} when saved, {self.world} now: epoch {self.progress.epoch} continues at "
+                          f"batch {self.sampler.consumed} of {moved['batches_per_rank']} per process "
+                          f"({moved['seen_again']} of its utterances seen twice, none skipped); a step now holds "
+                          f"{self.world / was:g}x the audio it did, and the learning-rate schedule goes on by steps")
 
     # ------------------------------------------------------------------ train_step
     def micro_batches(self):

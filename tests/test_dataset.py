@@ -213,11 +213,54 @@ def test_resume_mid_epoch_yields_exactly_the_rest(consumed):
     assert list(t) == all_ranks(d, 2, 3, **KW)[1]  # and then carries on with the next epoch
 
 
-def test_resume_with_other_world_size_is_refused():
+@pytest.mark.parametrize("saved_world, world", [(2, 1), (1, 3), (2, 4), (4, 2), (3, 2)])
+@pytest.mark.parametrize("consumed", [0, 1, 3, 6])
+def test_resume_on_another_number_of_ranks_skips_nothing(saved_world, world, consumed):
+    """A run saved on ``saved_world`` ranks after ``consumed`` batches each, resumed on ``world``:
+    the used utterances and the new ranks' remaining batches together hold every utterance of
+    the epoch, every rank has as many batches left (DDP), the rest is a suffix of the new plan,
+    and the utterances seen twice are fewer than one round of it."""
+    d = durations(90)
+    used = [i for rank in all_ranks(d, saved_world, 2, **KW) for b in rank[:consumed] for i in b]
+    state = json.loads(json.dumps(all_samplers_at(d, saved_world, 2, consumed)[0].state_dict()))
+    fresh = all_ranks(d, world, 2, **KW)
+    rest = []
+    for r in range(world):
+        s = BucketBatchSampler(d, rank=r, world_size=world, **KW)
+        s.load_state_dict(state)
+        s.set_epoch(2)
+        rest.append(list(s))
+    left = len(rest[0])
+    assert all(len(x) == left for x in rest)
+    assert all(rest[r] == fresh[r][len(fresh[r]) - left:] for r in range(world))
+    again = sorted(set(used) & {i for x in rest for b in x for i in b})
+    assert sorted(set(used) | {i for x in rest for b in x for i in b}) == list(range(len(d)))
+    round_sizes = [sum(len(fresh[r][k]) for r in range(world)) for k in range(len(fresh[0]))]
+    assert len(again) < max(round_sizes)
+    assert s.resharded == {"saved_world_size": saved_world, "utterances_used": len(used), "seen_again": len(again),
+                           "batches_per_rank": len(fresh[0])}
+
+
+def all_samplers_at(d, world, epoch, consumed):
+    """One sampler per rank, each having yielded ``consumed`` batches of ``epoch``."""
+    out = []
+    for r in range(world):
+        s = BucketBatchSampler(d, rank=r, world_size=world, **KW)
+        s.set_epoch(epoch)
+        it = iter(s)
+        for _ in range(consumed):
+            next(it)
+        out.append(s)
+    return out
+
+
+def test_resume_with_other_data_or_seed_is_refused():
     d = durations(20)
     state = BucketBatchSampler(d, world_size=2, **KW).state_dict()
-    with pytest.raises(ValueError, match="world_size=2, now world_size=1"):
-        BucketBatchSampler(d, **KW).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed=3, now seed=4"):
+        BucketBatchSampler(d, **{**KW, "seed": 4}).load_state_dict(state)
+    with pytest.raises(ValueError, match="num_utterances=20, now num_utterances=21"):
+        BucketBatchSampler(durations(21), **KW).load_state_dict(state)
 
 
 def test_offset_lines_read_only_their_segment(tmp_path):

@@ -388,6 +388,36 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert moved > 1e-3  # the step really trained (AdamW's first step moves weights by ~lr = 2e-3)
 
 
+def test_resume_on_another_number_of_processes(tmp_path):
+    """A run saved by one process after 3 steps resumes under torchrun on two (a preempted job
+    restarted on other GPUs): it is not refused, it says what changed, and it trains to the end
+    with the epoch's remaining utterances split over the two ranks."""
+    train = make_manifest(tmp_path, RESUME_SET)
+    valid = make_manifest(tmp_path, [13], "valid.jsonl")
+    over = [f"trainer.output_dir={tmp_path / 'run'}", f"train_dataset.train_manifest={train}",
+            f"validation_dataset.validation_manifest={valid}", "trainer.progress_bar=false",
+            "logger.log_to_tensorboard=false", "train_dataset.batch_seconds=2.5", "train_dataset.max_batch_size=2",
+            "train_dataset.num_buckets=2", "trainer.max_steps=6", "trainer.eval_every=3", "optim.warmup_steps=2"]
+    first = Trainer(load_config(TINY, over))
+    first.setup()
+    batches = len(first.sampler)
+    first.cfg.trainer.max_steps = 3  # stops half-way, with a checkpoint at step 3
+    first.fit()
+    assert first.progress.epoch == 0 and first.progress.batches_in_epoch == 3 < batches
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "asrlib.train", "--config", str(TINY), "--resume", "auto"]
+    for o in over:
+        args += ["--set", o]
+    r = subprocess.run(args, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr and "world size 1 when saved, 2 now: epoch 0 continues at batch" in r.stderr
+    assert "none skipped" in r.stderr and "a step now holds 2x the audio it did" in r.stderr
+    last = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000006.pt")
+    assert last["progress"]["step"] == 6 and last["sampler"]["world_size"] == 2
+
+
 def test_ddp_validation_is_sharded_and_gives_the_one_process_wer(tmp_path):
     """Two gloo ranks each decode part of the dev set (3 + 2 utterances) and sum their counts:
     the WERs, utterance count and losses equal one process decoding all of it.

@@ -227,6 +227,12 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     consumed; after ``load_state_dict`` the next iteration yields exactly the remaining
     batches of that epoch. A full pass over the sampler moves it to the next epoch, so
     iterating again gives a new order (``set_epoch`` may also be called explicitly).
+
+    Resume on another number of ranks (a preempted job restarted on other GPUs): the splitting
+    above keeps the order of the utterances, so every world size walks the epoch's utterances in
+    the same order; only the cuts between batches differ. The sampler then starts at the last
+    round of the new plan that holds no utterance not yet used, so nothing of the epoch is
+    skipped and fewer than one round's utterances are seen twice (``resharded`` says how many).
     """
 
     def __init__(
@@ -256,6 +262,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         self.with_epoch = with_epoch  # yield (epoch, index) keys: what AudioDataset perturbs by
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded on this rank
+        self.resharded: dict | None = None  # set by load_state_dict from another world size
         self._plan_cache: tuple[int, list[list[int]]] | None = None
 
     # ---------------------------------------------------------------- planning
@@ -273,8 +280,9 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             batches.append(current)
         return batches
 
-    def global_plan(self, epoch: int) -> list[list[int]]:
-        """All ranks' batches of ``epoch``, before sharding (a multiple of world_size long)."""
+    def global_plan(self, epoch: int, world_size: int | None = None) -> list[list[int]]:
+        """All ranks' batches of ``epoch``, before sharding (a multiple of world_size long; of
+        this sampler's world size unless another is given)."""
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.durations)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
@@ -284,7 +292,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             batches += self._pack(rng.permutation(bucket) if self.shuffle else bucket)
         if self.shuffle and epoch >= self.sorted_epochs:
             batches = [batches[j] for j in rng.permutation(len(batches))]
-        W = self.world_size
+        W = world_size or self.world_size
         if self.drop_last:
             return batches[: len(batches) - len(batches) % W]
         while len(batches) % W and any(len(b) > 1 for b in batches):
@@ -332,7 +340,26 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key, mine in (("seed", self.seed), ("world_size", self.world_size), ("num_utterances", len(self.durations))):
+        for key, mine in (("seed", self.seed), ("num_utterances", len(self.durations))):
             if state.get(key, mine) != mine:
-                raise ValueError(f"cannot resume the batch sampler: it was saved with {key}={state[key]}, now {key}={mine}; resume with the same data, seed and number of processes")
+                raise ValueError(f"cannot resume the batch sampler: it was saved with {key}={state[key]}, now {key}={mine}; resume with the same data and seed")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        saved_world = int(state.get("world_size", self.world_size))
+        self.resharded = None
+        if saved_world != self.world_size:
+            self._reshard(saved_world)
+
+    def _reshard(self, saved_world: int) -> None:
+        """Map ``consumed`` batches per rank of ``saved_world`` ranks onto this world size (see
+        the class docstring): the last round of the new plan whose utterances were all used."""
+        used = sum(len(b) for b in self.global_plan(self.epoch, saved_world)[: self.consumed * saved_world])
+        plan, W = self.global_plan(self.epoch), self.world_size
+        rounds, covered = 0, 0
+        while (rounds + 1) * W <= len(plan):
+            more = sum(len(b) for b in plan[rounds * W : (rounds + 1) * W])
+            if covered + more > used:
+                break
+            rounds, covered = rounds + 1, covered + more
+        self.resharded = {"saved_world_size": saved_world, "utterances_used": used, "seen_again": used - covered,
+                          "batches_per_rank": len(plan) // W}
+        self.consumed = rounds
