@@ -131,21 +131,23 @@ def tokenizer_from_state(state: dict, where: str | Path):
 RUNTIME_KEYS = ("model.encoder.mamba2.backend",)  # runtime choices: may differ between save and load
 
 
-def model_mismatch(saved: dict, now: dict, prefix: str = "model") -> str | None:
-    """The first config key whose value differs, as ``key: saved X, now Y`` (None if equal).
+def model_mismatch(saved: dict, now: dict) -> str | None:
+    """The first config key whose value differs, as ``key = X in the checkpoint, Y now`` (None if equal).
 
     Keys in ``RUNTIME_KEYS`` are not compared."""
+    return next(model_differences(saved, now), None)
+
+
+def model_differences(saved: dict, now: dict, prefix: str = "model"):
+    """Every config key whose value differs (see ``model_mismatch``), in key order."""
     for key in sorted(set(saved) | set(now)):
         if f"{prefix}.{key}" in RUNTIME_KEYS:
             continue
         a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            found = model_mismatch(a, b, f"{prefix}.{key}")
-            if found:
-                return found
+            yield from model_differences(a, b, f"{prefix}.{key}")
         elif a != b:
-            return f"{prefix}.{key} = {a!r} in the checkpoint, {b!r} now"
-    return None
+            yield f"{prefix}.{key} = {a!r} in the checkpoint, {b!r} now"
 
 
 def export_weights(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:

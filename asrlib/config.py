@@ -216,6 +216,9 @@ class TrainerConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     resume: str = ""  # "" | "auto" | path to a checkpoint
+    # a checkpoint (.pt) or model folder (best_model/, models/...) whose weights a new run starts from
+    # (fine-tuning): fresh optimiser, schedule and step; not used when the run resumes
+    init_from: str = ""
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
     save_every_minutes: float = 30.0  # also checkpoint when this long passed since the last save; 0 = off

@@ -7,6 +7,10 @@
 - A checkpoint whose model config differs from the current one, or that was trained with
   another tokenizer, is a one-line error naming the first differing key (saved vs now).
 - ``launcher``: how to start the run again, for the "continue with" line a stopped run prints.
+- ``init_from`` (``trainer.init_from``): a new run that starts from another run's weights
+  (fine-tuning). The model settings may differ wherever the weights still fit (dropout, chunk
+  sizes, the prediction network's dropout…) and each difference is reported; the tokenizer
+  must be the same file, since the output layer's rows are its pieces.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 from pathlib import Path
 
 from asrlib import checkpoint as ckpt
+from asrlib.config import to_dict
 from asrlib.errors import UsageError
 
 
@@ -62,3 +67,27 @@ def launcher(module: str, command: str) -> str:
         return command
     nodes = f" --nnodes {world // local} <your rendezvous options>" if world > local else " --standalone"
     return f"torchrun{nodes} --nproc_per_node {local} -m {module}"
+
+
+def init_from(model, source: str, tokenizer, log=print) -> None:
+    """Load the inference weights of ``source`` (a checkpoint or an exported model folder; the
+    weight average when it kept one) into ``model``, feature statistics included."""
+    from asrlib.tokenizer import TokenizerError
+
+    try:
+        donor, tok = ckpt.load_model_and_tokenizer(source)
+    except (FileNotFoundError, RuntimeError, TokenizerError, KeyError, ValueError) as e:
+        raise UsageError(f"trainer.init_from = {source}: {str(e).strip().splitlines()[0]}") from None
+    if tok.sha256 != tokenizer.sha256:
+        raise UsageError(f"trainer.init_from = {source} was trained with another tokenizer than {tokenizer.path} "
+                         f"(sha256 {tok.sha256[:12]} vs {tokenizer.sha256[:12]}); set tokenizer.tokenizer_path to "
+                         "the tokenizer it was trained with")
+    differences = list(ckpt.model_differences(to_dict(donor.cfg), to_dict(model.cfg)))
+    try:
+        model.load_state_dict(donor.state_dict())
+    except RuntimeError:
+        why = differences[0] if differences else "its tensors have other names or shapes"
+        raise UsageError(f"trainer.init_from = {source}: its weights do not fit this model ({why}); start from a "
+                         "checkpoint of the same architecture") from None
+    log(f"initialised from {source}" + (" (its settings differ: " + "; ".join(differences) + ")"
+                                         if differences else " (the same model settings)"))

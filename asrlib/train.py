@@ -52,7 +52,7 @@ from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
 from asrlib.model.hybrid import build_model, count_parameters
 from asrlib.optim import build_optimizer, build_scheduler
-from asrlib.resume import check_compatible, find_checkpoint, launcher
+from asrlib.resume import check_compatible, find_checkpoint, init_from, launcher
 from asrlib.rng import rng_state, set_rng_state, stream_seed
 from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
 from asrlib.stopping import Aborted, GracefulStop, ignore_stop_signals
@@ -99,6 +99,9 @@ class Trainer:
         random.seed(cfg.trainer.seed)
         self.out = Path(cfg.trainer.output_dir)
         self.claim_output_dir()
+        # the checkpoint a resumed run continues from ((None, None): a new run)
+        self.resume_from = find_checkpoint(cfg.trainer.resume, self.out / "checkpoints", self.log_line) \
+            if cfg.trainer.resume else (None, None)
 
         self.tokenizer = Tokenizer(cfg.tokenizer.tokenizer_path)
         if cfg.model.vocab_size == 0:
@@ -128,7 +131,9 @@ class Trainer:
         self.model = build_model(cfg.model).to(self.device)
         if self.rank == 0:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
-        if cfg.model.frontend.normalize:
+        if cfg.trainer.init_from and self.resume_from[0] is None:  # fine-tuning: its feature statistics too
+            init_from(self.model, cfg.trainer.init_from, self.tokenizer, self.log_line)
+        elif cfg.model.frontend.normalize:
             self.estimate_feature_stats()
         self.build_training_modules()
 
@@ -195,10 +200,7 @@ class Trainer:
             dist.barrier()
 
     def maybe_resume(self) -> None:
-        path = self.cfg.trainer.resume
-        if not path:
-            return
-        path, state = find_checkpoint(path, self.out / "checkpoints", self.log_line)
+        (path, state), self.resume_from = self.resume_from, (None, None)
         if path is None:
             return
         check_compatible(path, state, to_dict(self.cfg.model), self.tokenizer)

@@ -1,0 +1,113 @@
+"""``trainer.init_from``: a new run that starts from another run's weights (fine-tuning).
+
+The weights after setup are compared with the tensors read straight from the donor's file; the
+optimiser, schedule and step start afresh; settings that leave the weights' shapes alone may
+differ and are named; a model they do not fit, another tokenizer or a missing file is one line;
+a run that resumes ignores it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+from test_resume_safety import run_of_4  # noqa: F401 (a fixture)
+from test_run_folder import one_error_line, train_argv
+from test_train import SHORT, make_manifest, tiny_config
+
+from asrlib import checkpoint as ckpt
+from asrlib import cli
+from asrlib.tokenizer import Tokenizer, train_tokenizer
+from asrlib.train import Trainer
+
+
+def assert_weights(model, expected: dict) -> None:
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_a_new_run_starts_from_a_checkpoints_weights(tmp_path, capsys):
+    train = make_manifest(tmp_path, SHORT)
+    norm = "model.frontend.normalize=true"
+    first = Trainer(tiny_config(tmp_path / "donor", train, norm, "trainer.max_steps=2"))
+    first.setup()
+    first.fit()
+    donor = ckpt.list_checkpoints(tmp_path / "donor" / "checkpoints")[-1]
+    expected = ckpt.load_checkpoint(donor)["model"]
+    capsys.readouterr()
+    tr = Trainer(tiny_config(tmp_path / "tuned", train, norm, "trainer.max_steps=2", f"trainer.init_from={donor}",
+                             "model.encoder.dropout=0.1"))
+    tr.setup()
+    assert "frontend.feat_mean" in expected
+    assert_weights(tr.model, expected)  # the feature statistics included
+    assert tr.progress.step == 0 and tr.opt.state_dict()["state"] == {}
+    assert tr.sched.last_epoch == 0
+    err = capsys.readouterr().err
+    assert f"initialised from {donor}" in err and "model.encoder.dropout = 0.0 in the checkpoint, 0.1 now" in err
+    assert "feature normalisation from" not in err  # the donor's statistics, not new ones
+    tr.fit()
+    assert tr.progress.step == 2
+    assert not torch.equal(tr.model.state_dict()["ctc_head.proj.weight"], expected["ctc_head.proj.weight"])
+
+
+def test_from_an_exported_folder_and_from_a_weight_average(run_of_4, tmp_path):
+    out, train = run_of_4
+    state = ckpt.load_checkpoint(out / "checkpoints" / "step-00000004.pt")
+    model, tok_path = ckpt.load_model(out / "checkpoints" / "step-00000004.pt")
+    folder = ckpt.export_weights(model, tmp_path / "exported", Tokenizer(tok_path))
+    tr = Trainer(tiny_config(tmp_path / "a", train, f"trainer.init_from={folder}"))
+    tr.setup()
+    assert_weights(tr.model, load_file(str(folder / "model.safetensors")))
+
+    averaged = {k: v + 1.0 if v.is_floating_point() else v for k, v in state["model"].items()}
+    with_ema = tmp_path / "with-ema.pt"
+    torch.save({**state, "ema": {"model": averaged, "updates": 4}}, with_ema)
+    tr = Trainer(tiny_config(tmp_path / "b", train, f"trainer.init_from={with_ema}"))
+    tr.setup()
+    assert_weights(tr.model, averaged)  # what the run was evaluated and shipped with
+
+
+def test_weights_that_do_not_fit_another_tokenizer_or_no_file_are_one_line(run_of_4, tmp_path, capsys):
+    out, train = run_of_4
+    donor = out / "checkpoints" / "step-00000004.pt"
+    capsys.readouterr()
+    argv = train_argv(tmp_path / "x", train, None, f"trainer.init_from={donor}", "model.encoder.d_model=64")
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "its weights do not fit this model (model.encoder.d_model = 48 in the checkpoint, 64 now)" in line
+
+    texts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
+             "sphinx of black quartz judge my vow", "how vexingly quick daft zebras jump"]
+    m = tmp_path / "other.jsonl"
+    m.write_text("".join(json.dumps({"audio_filepath": "x.wav", "text": t, "duration": 1.0}) + "\n" for t in texts))
+    other = train_tokenizer(m, 32, "bpe", tmp_path / "other")
+    assert Tokenizer(other).vocab_size == 32  # the digits tokenizer's size: the weights would fit
+    argv = train_argv(tmp_path / "y", train, None, f"trainer.init_from={donor}",
+                      f"tokenizer.tokenizer_path={other.parent}")
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"trainer.init_from = {donor} was trained with another tokenizer than {other}" in line
+
+    missing = tmp_path / "nowhere.pt"
+    assert cli.main(train_argv(tmp_path / "z", train, None, f"trainer.init_from={missing}")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"trainer.init_from = {missing}: checkpoint not found" in line
+
+
+def test_a_resumed_run_ignores_it(run_of_4, tmp_path, capsys):
+    out, train = run_of_4
+    own = ckpt.load_checkpoint(out / "checkpoints" / "step-00000004.pt")["model"]
+    stranger = Trainer(tiny_config(tmp_path / "stranger", train, "trainer.seed=7", "trainer.max_steps=1"))
+    stranger.setup()
+    stranger.fit()
+    other = ckpt.list_checkpoints(tmp_path / "stranger" / "checkpoints")[-1]
+    capsys.readouterr()
+    tr = Trainer(tiny_config(out, train, "trainer.max_steps=6", "trainer.eval_every=2", "trainer.resume=auto",
+                             f"trainer.init_from={other}"))
+    tr.setup()
+    assert tr.progress.step == 4
+    assert_weights(tr.model, own)
+    assert "initialised from" not in capsys.readouterr().err
