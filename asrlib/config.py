@@ -204,6 +204,9 @@ class OptimConfig:
     frontend_lr_scale: float = 1.0  # the trainable mel layer learns at lr x this (see asrlib/optim.py)
 
 
+INIT_MODULES = ("frontend", "encoder", "ctc_head", "prediction", "joint", "simple")  # HybridASR's parts
+
+
 @dataclass
 class TrainerConfig:
     output_dir: str = "runs/exp"
@@ -219,6 +222,9 @@ class TrainerConfig:
     # a checkpoint (.pt) or model folder (best_model/, models/...) whose weights a new run starts from
     # (fine-tuning): fresh optimiser, schedule and step; not used when the run resumes
     init_from: str = ""
+    # which of its parts: [] = all; e.g. ["frontend", "encoder"] for another tokenizer (the heads,
+    # prediction network and joint then start afresh); see INIT_MODULES
+    init_modules: list[str] = field(default_factory=list)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
     save_every_minutes: float = 30.0  # also checkpoint when this long passed since the last save; 0 = off
@@ -421,6 +427,10 @@ def _check_ranges(cfg: "Config", source: str) -> None:
     if not 0.0 <= cfg.spec_augment.freq_warp < 0.5:
         raise ConfigError(f"{source}: spec_augment.freq_warp: expected 0 (off) or a maximum stretch in (0, 0.5) such "
                           f"as 0.1 (alpha uniform in [0.9, 1.1]), got {cfg.spec_augment.freq_warp}")
+    unknown = [m for m in cfg.trainer.init_modules if m not in INIT_MODULES]
+    if unknown:
+        raise ConfigError(f"{source}: trainer.init_modules: {unknown[0]!r} is not a part of the model; choose from "
+                          f"{', '.join(INIT_MODULES)}")
     pred = cfg.model.prediction
     if pred.kind == "stateless" and (pred.context < 2 or pred.embed_dim % 4):
         raise ConfigError(f"{source}: model.prediction: the stateless network needs context >= 2 and embed_dim a "

@@ -10,7 +10,9 @@
 - ``init_from`` (``trainer.init_from``): a new run that starts from another run's weights
   (fine-tuning). The model settings may differ wherever the weights still fit (dropout, chunk
   sizes, the prediction network's dropout…) and each difference is reported; the tokenizer
-  must be the same file, since the output layer's rows are its pieces.
+  must be the same file, since the output layers' rows are its pieces, unless only the parts
+  that know no pieces are taken (``trainer.init_modules = ["frontend", "encoder"]``: a new
+  tokenizer or language on a trained encoder).
 """
 
 from __future__ import annotations
@@ -69,25 +71,34 @@ def launcher(module: str, command: str) -> str:
     return f"torchrun{nodes} --nproc_per_node {local} -m {module}"
 
 
-def init_from(model, source: str, tokenizer, log=print) -> None:
+def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> None:
     """Load the inference weights of ``source`` (a checkpoint or an exported model folder; the
-    weight average when it kept one) into ``model``, feature statistics included."""
+    weight average when it kept one) into ``model``, feature statistics included: all of them,
+    or those of the parts named in ``modules`` (``trainer.init_modules``)."""
     from asrlib.tokenizer import TokenizerError
 
     try:
         donor, tok = ckpt.load_model_and_tokenizer(source)
     except (FileNotFoundError, RuntimeError, TokenizerError, KeyError, ValueError) as e:
         raise UsageError(f"trainer.init_from = {source}: {str(e).strip().splitlines()[0]}") from None
-    if tok.sha256 != tokenizer.sha256:
+    parts = modules or [name for name, _ in model.named_children()]
+    if set(parts) & VOCABULARY_PARTS and tok.sha256 != tokenizer.sha256:
         raise UsageError(f"trainer.init_from = {source} was trained with another tokenizer than {tokenizer.path} "
                          f"(sha256 {tok.sha256[:12]} vs {tokenizer.sha256[:12]}); set tokenizer.tokenizer_path to "
-                         "the tokenizer it was trained with")
+                         "the tokenizer it was trained with, or take only its frontend and encoder "
+                         "(trainer.init_modules = [\"frontend\", \"encoder\"])")
     differences = list(ckpt.model_differences(to_dict(donor.cfg), to_dict(model.cfg)))
-    try:
-        model.load_state_dict(donor.state_dict())
-    except RuntimeError:
-        why = differences[0] if differences else "its tensors have other names or shapes"
+    mine = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in parts}
+    theirs = {k: v for k, v in donor.state_dict().items() if k.split(".")[0] in parts}
+    misfit = sorted(mine.keys() ^ theirs.keys()) or [k for k in mine if mine[k].shape != theirs[k].shape]
+    if misfit:
+        why = differences[0] if differences and not modules else f"{misfit[0]} differs"
         raise UsageError(f"trainer.init_from = {source}: its weights do not fit this model ({why}); start from a "
                          "checkpoint of the same architecture") from None
-    log(f"initialised from {source}" + (" (its settings differ: " + "; ".join(differences) + ")"
-                                         if differences else " (the same model settings)"))
+    model.load_state_dict(theirs, strict=not modules)
+    what = f"the {', '.join(parts)} of {source}" if modules else source
+    log(f"initialised from {what}" + (" (its settings differ: " + "; ".join(differences) + ")"
+                                       if differences else " (the same model settings)"))
+
+
+VOCABULARY_PARTS = {"ctc_head", "prediction", "joint", "simple"}  # their weights are rows of the tokenizer's pieces

@@ -3,7 +3,8 @@
 The weights after setup are compared with the tensors read straight from the donor's file; the
 optimiser, schedule and step start afresh; settings that leave the weights' shapes alone may
 differ and are named; a model they do not fit, another tokenizer or a missing file is one line;
-a run that resumes ignores it.
+a run that resumes ignores it. ``trainer.init_modules`` takes only some parts: a trained encoder
+under a new tokenizer, the rest as a fresh run of the same seed builds it.
 """
 
 from __future__ import annotations
@@ -79,12 +80,7 @@ def test_weights_that_do_not_fit_another_tokenizer_or_no_file_are_one_line(run_o
     line = one_error_line(capsys.readouterr().err)
     assert "its weights do not fit this model (model.encoder.d_model = 48 in the checkpoint, 64 now)" in line
 
-    texts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
-             "sphinx of black quartz judge my vow", "how vexingly quick daft zebras jump"]
-    m = tmp_path / "other.jsonl"
-    m.write_text("".join(json.dumps({"audio_filepath": "x.wav", "text": t, "duration": 1.0}) + "\n" for t in texts))
-    other = train_tokenizer(m, 32, "bpe", tmp_path / "other")
-    assert Tokenizer(other).vocab_size == 32  # the digits tokenizer's size: the weights would fit
+    other = another_tokenizer(tmp_path, 32)  # the digits tokenizer's size: the weights would fit
     argv = train_argv(tmp_path / "y", train, None, f"trainer.init_from={donor}",
                       f"tokenizer.tokenizer_path={other.parent}")
     assert cli.main(argv) == 2
@@ -111,3 +107,46 @@ def test_a_resumed_run_ignores_it(run_of_4, tmp_path, capsys):
     assert tr.progress.step == 4
     assert_weights(tr.model, own)
     assert "initialised from" not in capsys.readouterr().err
+
+
+def test_only_the_frontend_and_encoder_under_another_tokenizer(tmp_path, capsys):
+    train = make_manifest(tmp_path, SHORT)
+    norm = "model.frontend.normalize=true"
+    first = Trainer(tiny_config(tmp_path / "donor", train, norm, "trainer.max_steps=2"))
+    first.setup()
+    first.fit()
+    donor = ckpt.list_checkpoints(tmp_path / "donor" / "checkpoints")[-1]
+    theirs = ckpt.load_checkpoint(donor)["model"]
+    other = another_tokenizer(tmp_path, 40)
+    over = [norm, f"tokenizer.tokenizer_path={other.parent}", "trainer.seed=5"]
+    fresh = Trainer(tiny_config(tmp_path / "fresh", train, *over))
+    fresh.setup()
+    capsys.readouterr()
+    tr = Trainer(tiny_config(tmp_path / "tuned", train, *over, f"trainer.init_from={donor}",
+                             'trainer.init_modules=["frontend", "encoder"]'))
+    tr.setup()
+    got, new = tr.model.state_dict(), fresh.model.state_dict()
+    for k in got:
+        want = theirs[k] if k.split(".")[0] in ("frontend", "encoder") else new[k]
+        assert torch.equal(got[k], want), k
+    assert got["ctc_head.proj.weight"].shape[0] == 41 != theirs["ctc_head.proj.weight"].shape[0]
+    err = capsys.readouterr().err
+    assert f"initialised from the frontend, encoder of {donor}" in err and "model.vocab_size = 32" in err
+    assert "feature normalisation from" not in err
+
+    capsys.readouterr()
+    argv = train_argv(tmp_path / "w", train, None, f"trainer.init_from={donor}", 'trainer.init_modules=["decoder"]')
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "trainer.init_modules: 'decoder' is not a part of the model; choose from frontend, encoder" in line
+
+
+def another_tokenizer(tmp_path, size: int):
+    """A BPE tokenizer of ``size`` pieces over pangrams: not the digits tokenizer."""
+    texts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
+             "sphinx of black quartz judge my vow", "how vexingly quick daft zebras jump"]
+    m = tmp_path / f"other{size}.jsonl"
+    m.write_text("".join(json.dumps({"audio_filepath": "x.wav", "text": t, "duration": 1.0}) + "\n" for t in texts))
+    path = train_tokenizer(m, size, "bpe", tmp_path / f"other{size}")
+    assert Tokenizer(path).vocab_size == size
+    return path
