@@ -71,6 +71,9 @@ def launcher(module: str, command: str) -> str:
     return f"torchrun{nodes} --nproc_per_node {local} -m {module}"
 
 
+VOCABULARY_PARTS = {"ctc_head", "prediction", "joint", "simple"}  # their weights are rows of the tokenizer's pieces
+
+
 def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> None:
     """Load the inference weights of ``source`` (a checkpoint or an exported model folder; the
     weight average when it kept one) into ``model``, feature statistics included: all of them,
@@ -94,11 +97,8 @@ def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> N
     if misfit:
         why = differences[0] if differences and not modules else f"{misfit[0]} differs"
         raise UsageError(f"trainer.init_from = {source}: its weights do not fit this model ({why}); start from a "
-                         "checkpoint of the same architecture") from None
+                         "checkpoint of the same architecture")
     model.load_state_dict(theirs, strict=not modules)
     what = f"the {', '.join(parts)} of {source}" if modules else source
     log(f"initialised from {what}" + (" (its settings differ: " + "; ".join(differences) + ")"
                                        if differences else " (the same model settings)"))
-
-
-VOCABULARY_PARTS = {"ctc_head", "prediction", "joint", "simple"}  # their weights are rows of the tokenizer's pieces

@@ -132,7 +132,8 @@ class Trainer:
         if self.rank == 0:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
         # fine-tuning: a new run from another's weights (with the frontend come its feature statistics)
-        donor_parts = cfg.trainer.init_modules or INIT_MODULES if cfg.trainer.init_from and not self.resume_from[0] else ()
+        new_run = self.resume_from[0] is None
+        donor_parts = (cfg.trainer.init_modules or INIT_MODULES) if cfg.trainer.init_from and new_run else ()
         if donor_parts:
             init_from(self.model, cfg.trainer.init_from, self.tokenizer, cfg.trainer.init_modules, self.log_line)
         if cfg.model.frontend.normalize and "frontend" not in donor_parts:
