@@ -220,7 +220,8 @@ class TrainerConfig:
     compile: bool = False
     resume: str = ""  # "" | "auto" | path to a checkpoint
     # a checkpoint (.pt) or model folder (best_model/, models/...) whose weights a new run starts from
-    # (fine-tuning): fresh optimiser, schedule and step; not used when the run resumes
+    # (fine-tuning): fresh optimiser, schedule and step; not used when the run resumes. In a file it is
+    # relative to the file's folder, like the manifests and the tokenizer
     init_from: str = ""
     # which of its parts: [] = all; e.g. ["frontend", "encoder"] for another tokenizer (the heads,
     # prediction network and joint then start afresh); see INIT_MODULES
@@ -256,7 +257,7 @@ class Config:
 
 # Fields that hold paths relative to the config file's folder.
 _PATH_LIST_KEYS = {"train_dataset.train_manifest", "validation_dataset.validation_manifest"}
-_PATH_KEYS = {"tokenizer.tokenizer_path"}
+_PATH_KEYS = {"tokenizer.tokenizer_path", "trainer.init_from"}
 
 
 class ConfigError(ValueError):

@@ -150,3 +150,14 @@ def another_tokenizer(tmp_path, size: int):
     path = train_tokenizer(m, size, "bpe", tmp_path / f"other{size}")
     assert Tokenizer(path).vocab_size == size
     return path
+
+
+def test_a_relative_path_in_a_config_file_is_the_files(tmp_path):
+    """Like the manifests and the tokenizer: relative to the config file's folder in the file,
+    to the current directory in an override."""
+    from asrlib.config import load_config
+
+    (tmp_path / "exp").mkdir()
+    cfg_file = tmp_path / "exp" / "tune.toml"
+    cfg_file.write_text('[trainer]\ninit_from = "../runs/base/best_model"\n')
+    assert load_config(cfg_file).trainer.init_from == str(tmp_path / "runs" / "base" / "best_model")
