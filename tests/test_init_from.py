@@ -30,16 +30,23 @@ def assert_weights(model, expected: dict) -> None:
         assert torch.equal(got[k], v), k
 
 
-def test_a_new_run_starts_from_a_checkpoints_weights(tmp_path, capsys):
+NORM = "model.frontend.normalize=true"  # the donors carry feature statistics
+
+
+def normalised_donor(tmp_path):
+    """(train manifest, the last checkpoint of a 2-step tiny run with feature normalisation)."""
     train = make_manifest(tmp_path, SHORT)
-    norm = "model.frontend.normalize=true"
-    first = Trainer(tiny_config(tmp_path / "donor", train, norm, "trainer.max_steps=2"))
+    first = Trainer(tiny_config(tmp_path / "donor", train, NORM, "trainer.max_steps=2"))
     first.setup()
     first.fit()
-    donor = ckpt.list_checkpoints(tmp_path / "donor" / "checkpoints")[-1]
+    return train, ckpt.list_checkpoints(tmp_path / "donor" / "checkpoints")[-1]
+
+
+def test_a_new_run_starts_from_a_checkpoints_weights(tmp_path, capsys):
+    train, donor = normalised_donor(tmp_path)
     expected = ckpt.load_checkpoint(donor)["model"]
     capsys.readouterr()
-    tr = Trainer(tiny_config(tmp_path / "tuned", train, norm, "trainer.max_steps=2", f"trainer.init_from={donor}",
+    tr = Trainer(tiny_config(tmp_path / "tuned", train, NORM, "trainer.max_steps=2", f"trainer.init_from={donor}",
                              "model.encoder.dropout=0.1"))
     tr.setup()
     assert "frontend.feat_mean" in expected
@@ -110,15 +117,10 @@ def test_a_resumed_run_ignores_it(run_of_4, tmp_path, capsys):
 
 
 def test_only_the_frontend_and_encoder_under_another_tokenizer(tmp_path, capsys):
-    train = make_manifest(tmp_path, SHORT)
-    norm = "model.frontend.normalize=true"
-    first = Trainer(tiny_config(tmp_path / "donor", train, norm, "trainer.max_steps=2"))
-    first.setup()
-    first.fit()
-    donor = ckpt.list_checkpoints(tmp_path / "donor" / "checkpoints")[-1]
+    train, donor = normalised_donor(tmp_path)
     theirs = ckpt.load_checkpoint(donor)["model"]
     other = another_tokenizer(tmp_path, 40)
-    over = [norm, f"tokenizer.tokenizer_path={other.parent}", "trainer.seed=5"]
+    over = [NORM, f"tokenizer.tokenizer_path={other.parent}", "trainer.seed=5"]
     fresh = Trainer(tiny_config(tmp_path / "fresh", train, *over))
     fresh.setup()
     capsys.readouterr()
