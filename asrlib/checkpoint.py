@@ -194,13 +194,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         tok = path / "tokenizer.model"
         tok_path = tok if tok.is_file() else None
     else:
-        ck = load_checkpoint(path)
-        cfg = model_config_from_dict(ck["config"]["model"])
-        cfg.encoder.mamba2.backend = mamba_backend
-        model = build_model(cfg)
-        model.load_state_dict(inference_state(ck))
-        tok_path = Path(ck["tokenizer_path"]) if ck.get("tokenizer_path") else None
+        model, tok_path = _model_of_checkpoint(load_checkpoint(path), mamba_backend)
     return model.to(device).eval(), tok_path
+
+
+def _model_of_checkpoint(ck: dict, mamba_backend: str = "auto") -> tuple[HybridASR, Path | None]:
+    """The model a loaded training checkpoint evaluates with, and its tokenizer path (or None)."""
+    cfg = model_config_from_dict(ck["config"]["model"])
+    cfg.encoder.mamba2.backend = mamba_backend
+    model = build_model(cfg)
+    model.load_state_dict(inference_state(ck))
+    return model, Path(ck["tokenizer_path"]) if ck.get("tokenizer_path") else None
 
 
 def load_model_and_tokenizer(path: str | Path, tokenizer: str | Path | None = None,
@@ -213,15 +217,18 @@ def load_model_and_tokenizer(path: str | Path, tokenizer: str | Path | None = No
     from asrlib.tokenizer import Tokenizer, TokenizerError
 
     path = Path(path)
-    model, tok_path = load_model(path, device)
     if path.is_dir():
+        model, tok_path = load_model(path, device)
         own = Tokenizer(tok_path) if tok_path else None
         expected = json.loads((path / "config.json").read_text()).get("tokenizer_sha256")
         if own is not None and expected and own.sha256 != expected:
             raise TokenizerError(f"{tok_path} is not the tokenizer this model was exported with (sha256 "
                                  f"{own.sha256[:12]} vs {expected[:12]} in config.json); restore its tokenizer.model")
-    else:
-        own = tokenizer_from_state(load_checkpoint(path), path)
+    else:  # the checkpoint read once, for the model and its stored tokenizer
+        ck = load_checkpoint(path)
+        model, tok_path = _model_of_checkpoint(ck)
+        model = model.to(device).eval()
+        own = tokenizer_from_state(ck, path)
         if own is None and tok_path is not None and tok_path.exists():
             own = Tokenizer(tok_path)  # an older checkpoint: only the path was stored
     if tokenizer is not None:

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from asrlib import checkpoint as ckpt
-from asrlib.config import to_dict
+from asrlib.config import INIT_MODULES, to_dict
 from asrlib.errors import UsageError
 
 
@@ -74,17 +74,17 @@ def launcher(module: str, command: str) -> str:
 VOCABULARY_PARTS = {"ctc_head", "prediction", "joint", "simple"}  # their weights are rows of the tokenizer's pieces
 
 
-def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> None:
+def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> list[str]:
     """Load the inference weights of ``source`` (a checkpoint or an exported model folder; the
     weight average when it kept one) into ``model``, feature statistics included: all of them,
-    or those of the parts named in ``modules`` (``trainer.init_modules``)."""
+    or those of the parts named in ``modules`` (``trainer.init_modules``). Returns the parts loaded."""
     from asrlib.tokenizer import TokenizerError
 
     try:
         donor, tok = ckpt.load_model_and_tokenizer(source)
     except (FileNotFoundError, RuntimeError, TokenizerError, KeyError, ValueError) as e:
         raise UsageError(f"trainer.init_from = {source}: {str(e).strip().splitlines()[0]}") from None
-    parts = modules or [name for name, _ in model.named_children()]
+    parts = list(modules or INIT_MODULES)
     if set(parts) & VOCABULARY_PARTS and tok.sha256 != tokenizer.sha256:
         raise UsageError(f"trainer.init_from = {source} was trained with another tokenizer than {tokenizer.path} "
                          f"(sha256 {tok.sha256[:12]} vs {tokenizer.sha256[:12]}); set tokenizer.tokenizer_path to "
@@ -102,3 +102,4 @@ def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> N
     what = f"the {', '.join(parts)} of {source}" if modules else source
     log(f"initialised from {what}" + (" (its settings differ: " + "; ".join(differences) + ")"
                                        if differences else " (the same model settings)"))
+    return parts

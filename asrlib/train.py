@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoint as ckpt
-from asrlib.config import INIT_MODULES, Config, ConfigError, load_config, to_dict
+from asrlib.config import Config, ConfigError, load_config, to_dict
 from asrlib.data.augment import WavePerturbation, spec_augment_noise
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped, check_audio_cache
 from asrlib.data.manifest import ManifestError, read_manifest
@@ -132,10 +132,10 @@ class Trainer:
         if self.rank == 0:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
         # fine-tuning: a new run from another's weights (with the frontend come its feature statistics)
-        new_run = self.resume_from[0] is None
-        donor_parts = (cfg.trainer.init_modules or INIT_MODULES) if cfg.trainer.init_from and new_run else ()
-        if donor_parts:
-            init_from(self.model, cfg.trainer.init_from, self.tokenizer, cfg.trainer.init_modules, self.log_line)
+        donor_parts = []
+        if cfg.trainer.init_from and self.resume_from[0] is None:
+            donor_parts = init_from(self.model, cfg.trainer.init_from, self.tokenizer, cfg.trainer.init_modules,
+                                    self.log_line)
         if cfg.model.frontend.normalize and "frontend" not in donor_parts:
             self.estimate_feature_stats()
         self.build_training_modules()
