@@ -18,9 +18,10 @@ from asrlib.optim import build_optimizer, build_scheduler, param_groups
 NO_DECAY_NAMES = {"A_log", "D", "dt_bias"}  # Mamba2's SSM parameters
 
 
-def tiny_model() -> nn.Module:
+def tiny_model(mel_nonnegative: bool = False) -> nn.Module:
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
     cfg.model.vocab_size = 32
+    cfg.model.frontend.mel_nonnegative = mel_nonnegative
     torch.manual_seed(0)
     return build_model(cfg.model)
 
@@ -136,12 +137,14 @@ def test_schedule_known_values():
     assert noam[9] == pytest.approx(1e-3) and noam[39] == pytest.approx(5e-4)  # sqrt(10 / 40) = 1/2
 
 
-def test_adamw_steps_follow_the_formula():
+@pytest.mark.parametrize("mel_nonnegative", [False, True])
+def test_adamw_steps_follow_the_formula(mel_nonnegative):
     """Five updates with random gradients equal AdamW written out by hand (decoupled weight decay,
     bias-corrected moments, eps outside the square root), group by group: whichever kernel
-    ``build_optimizer`` picks (fused where the device has one) computes the same update."""
+    ``build_optimizer`` picks (fused where the device has one) computes the same update.
+    With ``mel_nonnegative`` the mel weights are then clamped at 0, and only they."""
     torch.manual_seed(0)
-    model = tiny_model()
+    model = tiny_model(mel_nonnegative)
     cfg = OptimConfig(lr=0.01, weight_decay=0.1, betas=[0.9, 0.98], frontend_lr_scale=0.5)
     opt = build_optimizer(model, cfg)
     b1, b2, eps = 0.9, 0.98, 1e-8
@@ -163,6 +166,10 @@ def test_adamw_steps_follow_the_formula():
             v2[n] = b2 * v2[n] + (1 - b2) * g * g
             m_hat, v_hat = m[n] / (1 - b1 ** t), v2[n] / (1 - b2 ** t)
             ref[n] = ref[n] - lr * m_hat / (v_hat.sqrt() + eps)
+        negative = int((ref["frontend.mel.weight"] < 0).sum())
+        assert negative > 0  # the unconstrained update pushes weights below 0: the clamp has work to do
+        if mel_nonnegative:
+            ref["frontend.mel.weight"] = ref["frontend.mel.weight"].clamp(min=0.0)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.detach().double(), ref[n], rtol=1e-5, atol=1e-6, msg=n)
 

@@ -19,7 +19,9 @@
 * The mel projection is an ``nn.Linear(F, n_mels, bias=False)`` initialised with an HTK
   triangular mel bank (:func:`mel_filterbank`). With ``trainable_mel = False`` it stays frozen.
   Its output is clamped at 0 before the log, so a trained weight that goes negative cannot
-  produce NaN.
+  produce NaN. A clamped output is log(eps) whatever the sound, and passes no gradient back;
+  with ``mel_nonnegative = true`` the optimiser keeps the weights >= 0 (:meth:`Frontend.project_`
+  after every step), so no output is clamped.
 * No per-utterance normalisation: a mean over the utterance looks into the future. Instead,
   with ``normalize = true``, each mel bin is standardised with one fixed mean and standard
   deviation (buffers ``feat_mean``/``feat_std``, saved with the weights), which the trainer
@@ -132,6 +134,11 @@ class Frontend(nn.Module):
         if cfg.normalize:
             self.register_buffer("feat_mean", torch.zeros(cfg.n_mels))
             self.register_buffer("feat_std", torch.ones(cfg.n_mels))
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clamp the mel weights at 0 (``mel_nonnegative``; ``build_optimizer`` calls it after each step)."""
+        self.mel.weight.clamp_(min=0.0)
 
     # ------------------------------------------------------------------ sizes
     @property
