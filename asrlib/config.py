@@ -36,7 +36,8 @@ class FrontendConfig:
     f_max: float = 0.0  # highest mel filter edge, Hz; 0 means sample_rate / 2
     trainable_mel: bool = True  # False freezes the mel projection at its mel-bank init
     # Keep the trainable mel weights >= 0: after each optimiser step the weights are clamped at 0
-    # (projected gradient descent), so every filter stays a non-negative sum of magnitudes.
+    # (projected gradient descent), so no filter output is clamped before the log. Off: on AN4 it
+    # ended level (3 seeds) and started slower (notebook 01, configs/an4.toml).
     mel_nonnegative: bool = False
     log_eps: float = 1e-6  # log(mel + eps)
     normalize: bool = False  # global per-bin mean/std normalisation, estimated from training audio
