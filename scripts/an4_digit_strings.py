@@ -1,26 +1,31 @@
-"""A harder test for the digits model: AN4's spoken digit strings, 74 speakers it never heard.
+"""AN4's spoken digit strings, in the digits corpus's form: more voices for the digits model.
 
-    .venv/bin/python scripts/an4_digit_strings.py [--an4 data_samples/an4] [--out runs/an4_digits]
-    .venv/bin/asrlib evaluate --checkpoint models/digits_demo --manifest runs/an4_digits/digits.jsonl
+    .venv/bin/python scripts/an4_digit_strings.py [--an4 data_samples/an4] [--out data_samples/an4_digits] [--force]
 
-Picks every utterance of the bundled AN4 corpus (train and dev manifests) whose words are all
-digit words ZERO … NINE (AN4 also says "OH" for zero; those utterances are left out, the
-digits corpus never says it), lower-cases the text to the digits corpus's spelling, and
-resamples the audio to 8 kHz and back to 16 kHz so that it has the digits corpus's bandwidth
-(FSDD is recorded at 8 kHz: a model trained on it has never seen energy above 4 kHz).
-Writes ``OUT/audio/<id>.flac`` and ``OUT/digits.jsonl``. Other speakers, another microphone,
-another decade, digits read as phone numbers instead of one at a time.
+Picks every utterance of the bundled AN4 corpus whose words are all digit words ZERO … NINE
+(AN4 also says "OH" for zero; those utterances are left out, the digits corpus never says it),
+lower-cases the text to the digits corpus's spelling and writes the audio at 8 kHz, the rate
+FSDD is recorded at (a model trained on it has never seen energy above 4 kHz; the loader
+resamples to the model's 16 kHz as it does for FSDD). AN4's speaker split is kept:
+
+- ``OUT/train.jsonl``: the digit strings of AN4's 64 training speakers (those that say any):
+  ``configs/demo.toml`` trains on them beside FSDD's four speakers;
+- ``OUT/dev.jsonl``: those of the 10 dev speakers, voices the digits model never hears: its
+  test on other speakers, another microphone, digits said fluently as phone numbers.
+
+``OUT/audio/<split>/<id>.flac`` (mono, 8 kHz, 16-bit) and the manifests (with ``speaker``).
+Deterministic. An existing output is replaced only with ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,33 +34,40 @@ from asrlib.audio import load_audio  # noqa: E402
 from asrlib.data.manifest import read_manifest, write_manifest  # noqa: E402
 
 DIGITS = {"ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"}
-RATE = 16000
+RATE = 8000  # FSDD's
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--an4", default=str(REPO / "data_samples" / "an4"))
-    p.add_argument("--out", default=str(REPO / "runs" / "an4_digits"))
+    p.add_argument("--out", default=str(REPO / "data_samples" / "an4_digits"))
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = p.parse_args()
-    out = Path(args.out)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    rows, speakers = [], set()
+    an4, out = Path(args.an4), Path(args.out)
+    if out.exists():
+        if not args.force:
+            print(f"error: {out} already exists; pass --force to rebuild it", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)
     for split in ("train", "dev"):
-        entries, _ = read_manifest(Path(args.an4) / f"{split}.jsonl", strict=True)
+        entries, _ = read_manifest(an4 / f"{split}.jsonl", strict=True)
+        rows, speakers = [], set()
         for e in entries:
             words = e.text.split()
             if not words or not set(words) <= DIGITS:
                 continue
-            wave = load_audio(e.audio_filepath, RATE)
-            band = soxr.resample(soxr.resample(wave, RATE, 8000), 8000, RATE).astype(np.float32)
-            name = Path(e.audio_filepath).stem
-            sf.write(out / "audio" / f"{name}.flac", band, RATE, subtype="PCM_16")
-            speakers.add(Path(e.audio_filepath).parent.name)
-            rows.append({"audio_filepath": f"audio/{name}.flac", "text": e.text.lower(),
-                         "duration": round(len(band) / RATE, 4)})
-    write_manifest(out / "digits.jsonl", rows, force=True)  # the folder is this script's own output
-    minutes = sum(r["duration"] for r in rows) / 60
-    print(f"wrote {out / 'digits.jsonl'}: {len(rows)} utterances, {len(speakers)} speakers, {minutes:.1f} min")
+            wave = np.clip(load_audio(e.audio_filepath, RATE), -1.0, 1.0)  # soxr's low-pass at 4 kHz
+            speaker = Path(e.audio_filepath).parent.name
+            name = f"audio/{split}/{Path(e.audio_filepath).stem}.flac"
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(out / name, wave, RATE, subtype="PCM_16")
+            speakers.add(speaker)
+            rows.append({"audio_filepath": name, "text": e.text.lower(),
+                         "duration": round(len(wave) / RATE, 4), "speaker": speaker})
+        write_manifest(out / f"{split}.jsonl", rows)
+        minutes = sum(r["duration"] for r in rows) / 60
+        print(f"{split:<6} {len(rows):4d} utterances  {len(speakers):3d} speakers  {minutes:5.2f} min  {out / f'{split}.jsonl'}")
+    shutil.copy(an4 / "LICENSE", out / "LICENSE")
     return 0
 
 
