@@ -22,8 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from asrlib.config import load_config
+from asrlib.config import ConfigError, load_config
+from asrlib.data.dataset import DataError
+from asrlib.data.manifest import ManifestError, read_manifest
+from asrlib.errors import report_usage_errors
 from asrlib.logger import read_metrics
+from asrlib.tokenizer import TokenizerError
 
 
 def plot_curves(out_dir: Path) -> Path:
@@ -49,13 +53,28 @@ def plot_curves(out_dir: Path) -> Path:
     return path
 
 
+def default_tests(train_manifests: list[str], validation_manifests: list[str]) -> dict[str, str]:
+    """Table name -> manifest: every ``test*.jsonl`` beside each training manifest (each folder
+    once, in the training list's order), else the validation manifests. A name is the file's
+    stem, with its folder's name in front where two folders have the same stem."""
+    folders = list(dict.fromkeys(Path(m).parent for m in train_manifests))
+    found = [p for d in folders for p in sorted(d.glob("test*.jsonl"))] or [Path(m) for m in validation_manifests]
+    return named_tests(found)
+
+
+def named_tests(manifests) -> dict[str, str]:
+    stems = [Path(m).stem for m in manifests]
+    return {(f"{Path(m).parent.name}/{s}" if stems.count(s) > 1 else s): str(m) for m, s in zip(manifests, stems)}
+
+
+@report_usage_errors("demo", TokenizerError, ManifestError, DataError, ConfigError, prog="python -m asrlib.demo")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m asrlib.demo", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/demo.toml")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--test", action="append", default=None,
-                   help="manifests to evaluate (default: every test*.jsonl beside the training data, "
+                   help="manifests to evaluate (default: every test*.jsonl beside the training manifests, "
                         "else the validation manifests)")
     args = p.parse_args(argv)
 
@@ -84,14 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.rank != 0:
         return 0
 
-    data_dir = Path(cfg.train_dataset.train_manifest[0]).parent
-    tests = args.test or [str(p) for p in sorted(data_dir.glob("test*.jsonl"))] or list(
-        cfg.validation_dataset.validation_manifest)
+    tests = named_tests(args.test) if args.test else default_tests(
+        cfg.train_dataset.train_manifest, cfg.validation_dataset.validation_manifest)
     model, tok_path = load_model(out / "best_model")
     tokenizer = Tokenizer(tok_path)
     table = {}
-    for manifest in tests:
-        name = Path(manifest).stem
+    for name, manifest in tests.items():
         for decoder in ("rnnt_greedy", "ctc_greedy"):
             r = evaluate_manifest(model, tokenizer, manifest, decoder)
             table[f"{name}/{decoder}"] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
@@ -107,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<36}{100 * r['wer']:>8.2f}{100 * r['cer']:>8.2f}{r['num_utterances']:>6}{r['rtf']:>8.3f}")
     print(f"\ntrained {trainer.progress.step} steps ({train_minutes:.1f} min in this run)")
     print(f"wrote {out}/: checkpoints/, best_model/, tensorboard/, metrics.json, {png.name}")
-    from asrlib.data.manifest import read_manifest
-
-    example = read_manifest(tests[0])[0][0].audio_filepath
+    example = read_manifest(next(iter(tests.values())))[0][0].audio_filepath
     print(f"try:  .venv/bin/asrlib transcribe --checkpoint {out}/best_model --stream {example}")
     return 0
 

@@ -19,9 +19,13 @@ class UsageError(Exception):
     """What was wrong, where, and what to do, in one line."""
 
 
-def report_usage_errors(command: str, *more: type[BaseException]):
-    """Decorate a ``main(argv) -> int``: ``UsageError`` (and ``more``) -> one line, status 2."""
+def report_usage_errors(command: str, *more: type[BaseException], prog: str | None = None):
+    """Decorate a ``main(argv) -> int``: ``UsageError`` (and ``more``) -> one line, status 2.
+
+    The line starts ``asrlib <command>: error:``, or ``<prog>: error:`` for a program that is
+    not an ``asrlib`` subcommand (``python -m asrlib.demo``)."""
     caught = (UsageError, *more)
+    prefix = prog or f"asrlib {command}"
 
     def wrap(main):
         @wraps(main)
@@ -31,7 +35,7 @@ def report_usage_errors(command: str, *more: type[BaseException]):
             except caught as e:
                 if os.environ.get("ASRLIB_DEBUG"):
                     raise
-                print(f"asrlib {command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                print(f"{prefix}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                       file=sys.stderr, flush=True)
                 return 2
 

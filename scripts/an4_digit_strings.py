@@ -10,8 +10,10 @@ resamples to the model's 16 kHz as it does for FSDD). AN4's speaker split is kep
 
 - ``OUT/train.jsonl``: the digit strings of AN4's 64 training speakers (those that say any):
   ``configs/demo.toml`` trains on them beside FSDD's four speakers;
-- ``OUT/dev.jsonl``: those of the 10 dev speakers, voices the digits model never hears: its
-  test on other speakers, another microphone, digits said fluently as phone numbers.
+- ``OUT/test_an4_voices.jsonl``: those of AN4's 10 dev speakers (9 say some), voices the digits
+  model never hears, neither in training nor in choosing its checkpoint: its test on other
+  speakers, another microphone, digits said fluently as phone numbers. ``make demo`` scores it
+  beside FSDD's two test splits (every ``test*.jsonl`` beside a training manifest).
 
 ``OUT/audio/<split>/<id>.flac`` (mono, 8 kHz, 16-bit) and the manifests (with ``speaker``).
 Deterministic. An existing output is replaced only with ``--force``.
@@ -49,7 +51,7 @@ def main() -> int:
             print(f"error: {out} already exists; pass --force to rebuild it", file=sys.stderr)
             return 2
         shutil.rmtree(out)
-    for split in ("train", "dev"):
+    for split, manifest in (("train", "train.jsonl"), ("dev", "test_an4_voices.jsonl")):
         entries, _ = read_manifest(an4 / f"{split}.jsonl", strict=True)
         rows, speakers = [], set()
         for e in entries:
@@ -64,9 +66,9 @@ def main() -> int:
             speakers.add(speaker)
             rows.append({"audio_filepath": name, "text": e.text.lower(),
                          "duration": round(len(wave) / RATE, 4), "speaker": speaker})
-        write_manifest(out / f"{split}.jsonl", rows)
+        write_manifest(out / manifest, rows)
         minutes = sum(r["duration"] for r in rows) / 60
-        print(f"{split:<6} {len(rows):4d} utterances  {len(speakers):3d} speakers  {minutes:5.2f} min  {out / f'{split}.jsonl'}")
+        print(f"AN4 {split:<6} {len(rows):4d} utterances  {len(speakers):3d} speakers  {minutes:5.2f} min  {out / manifest}")
     shutil.copy(an4 / "LICENSE", out / "LICENSE")
     return 0
 

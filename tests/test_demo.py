@@ -47,3 +47,32 @@ def test_demo_under_torchrun_trains_on_two_processes_and_reports_once(tmp_path):
     assert (out / "curves.png").stat().st_size > 0
     model, _ = load_model(out / "best_model")
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_the_demo_scores_the_test_splits_beside_every_training_manifest(tmp_path):
+    from asrlib.demo import default_tests
+
+    a, b, c = tmp_path / "fsdd", tmp_path / "an4", tmp_path / "more"
+    for folder, names in ((a, ["train", "test_seen", "test_unseen", "dev"]), (b, ["train", "test_an4_voices"]),
+                          (c, ["train", "test_seen"])):
+        folder.mkdir()
+        for n in names:
+            (folder / f"{n}.jsonl").write_text("")
+    # each folder once, in the training list's order; dev.jsonl is not a test split
+    assert default_tests([str(a / "train.jsonl"), str(b / "train.jsonl"), str(a / "train.jsonl")], ["v.jsonl"]) == {
+        "test_seen": str(a / "test_seen.jsonl"), "test_unseen": str(a / "test_unseen.jsonl"),
+        "test_an4_voices": str(b / "test_an4_voices.jsonl")}
+    # two folders with the same stem: both kept, told apart by their folder
+    assert list(default_tests([str(a / "train.jsonl"), str(c / "train.jsonl")], [])) == [
+        "fsdd/test_seen", "test_unseen", "more/test_seen"]
+    # no test split anywhere: the validation manifests
+    (tmp_path / "bare").mkdir()
+    assert default_tests([str(tmp_path / "bare" / "train.jsonl")], [str(a / "dev.jsonl")]) == {"dev": str(a / "dev.jsonl")}
+
+
+def test_a_missing_manifest_is_one_line_not_a_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "asrlib.demo", "--config", str(TINY), "--out", str(tmp_path / "out"),
+                        "--set", f"train_dataset.train_manifest={tmp_path / 'nope.jsonl'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"python -m asrlib.demo: error: manifest not found: {tmp_path / 'nope.jsonl'}"
