@@ -1,6 +1,6 @@
 """AN4's spoken digit strings, in the digits corpus's form: more voices for the digits model.
 
-    .venv/bin/python scripts/an4_digit_strings.py [--an4 data_samples/an4] [--out data_samples/an4_digits] [--force]
+    .venv/bin/python scripts/an4_digit_strings.py [--an4 data_samples/an4] [--out data_samples/an4_digits] [--per-speaker 1] [--force]
 
 Picks every utterance of the bundled AN4 corpus whose words are all digit words ZERO … NINE
 (AN4 also says "OH" for zero; those utterances are left out, the digits corpus never says it),
