@@ -105,7 +105,7 @@ class PredictionConfig:
     embed_dim: int = 128  # token embedding size
     hidden: int = 128  # LSTM hidden size (output of the prediction network); lstm only
     layers: int = 1  # LSTM layers; lstm only
-    context: int = 2  # tokens the stateless network sees (>= 2); stateless only
+    context: int = 2  # tokens the stateless network sees (>= 1: 1 is a bigram); stateless only
     dropout: float = 0.1
 
 
@@ -437,8 +437,8 @@ def _check_ranges(cfg: "Config", source: str) -> None:
         raise ConfigError(f"{source}: trainer.init_modules: {unknown[0]!r} is not a part of the model; choose from "
                           f"{', '.join(INIT_MODULES)}")
     pred = cfg.model.prediction
-    if pred.kind == "stateless" and (pred.context < 2 or pred.embed_dim % 4):
-        raise ConfigError(f"{source}: model.prediction: the stateless network needs context >= 2 and embed_dim a "
+    if pred.kind == "stateless" and (pred.context < 1 or pred.embed_dim % 4):
+        raise ConfigError(f"{source}: model.prediction: the stateless network needs context >= 1 and embed_dim a "
                           f"multiple of 4, got context = {pred.context}, embed_dim = {pred.embed_dim}")
     check_loss_config(cfg.loss, cfg.model, source)
 

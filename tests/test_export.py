@@ -251,11 +251,13 @@ def test_cli_export_refuses_a_folder_holding_user_files(model, tmp_path, capsys)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "tokenizer.model"]
 
 
-def test_stateless_prediction_exports_and_streams(tmp_path, capsys):
+@pytest.mark.parametrize("context", [1, 3])
+def test_stateless_prediction_exports_and_streams(tmp_path, capsys, context):
     """A stateless prediction network: its token-history state is an int64 ONNX input that starts as
-    blanks; onnxruntime's steps equal PyTorch's, and ``--verify`` decodes the same tokens."""
+    blanks (no columns at all for context 1, a bigram); onnxruntime's steps equal PyTorch's, and
+    ``--verify`` decodes the same tokens."""
     torch.manual_seed(4)
-    cfg = load_config(ROOT / "configs" / "tiny.toml", ["model.prediction.kind=stateless", "model.prediction.context=3"])
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["model.prediction.kind=stateless", f"model.prediction.context={context}"])
     cfg.model.vocab_size = 16
     model = build_model(cfg.model).eval()
     weights = export_weights(model, tmp_path / "model", TOKENIZER)

@@ -96,8 +96,8 @@ class StatelessPredictionNet(nn.Module):
 
     def __init__(self, vocab_size: int, cfg: PredictionConfig):
         super().__init__()
-        if cfg.context < 2:
-            raise ValueError(f"model.prediction.context must be >= 2 for the stateless network, got {cfg.context}")
+        if cfg.context < 1:
+            raise ValueError(f"model.prediction.context must be >= 1 for the stateless network, got {cfg.context}")
         if cfg.embed_dim % 4:
             raise ValueError(f"model.prediction.embed_dim must be a multiple of 4 for the stateless network, "
                              f"got {cfg.embed_dim}")

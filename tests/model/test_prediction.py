@@ -22,7 +22,7 @@ def _targets() -> torch.Tensor:
     return torch.randint(0, V, (3, 6), generator=g)
 
 
-@pytest.mark.parametrize("context", [2, 3])
+@pytest.mark.parametrize("context", [1, 2, 3])
 @torch.no_grad()
 def test_stateless_forward_is_the_window_formula(context):
     torch.manual_seed(1)
@@ -51,10 +51,10 @@ def _step_through(net, y: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs, dim=1)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "stateless"])
-def test_step_equals_forward(kind):
+@pytest.mark.parametrize("kind, context", [("lstm", 2), ("stateless", 1), ("stateless", 3)])
+def test_step_equals_forward(kind, context):
     torch.manual_seed(2)
-    net = build_prediction(V, PredictionConfig(kind=kind, embed_dim=8, hidden=12, context=3, dropout=0.0))
+    net = build_prediction(V, PredictionConfig(kind=kind, embed_dim=8, hidden=12, context=context, dropout=0.0))
     y = _targets()
     with torch.no_grad():
         assert torch.allclose(_step_through(net, y), net(y), atol=1e-6)
@@ -84,8 +84,8 @@ def test_stateless_state_is_the_token_history():
 
 def test_stateless_config_is_checked(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[model.prediction]\nkind = "stateless"\ncontext = 1\n')
-    with pytest.raises(ConfigError, match=r"c.toml: model.prediction: .*context >= 2"):
+    path.write_text('[model.prediction]\nkind = "stateless"\ncontext = 0\n')
+    with pytest.raises(ConfigError, match=r"c.toml: model.prediction: .*context >= 1"):
         load_config(path)
     path.write_text('[model.prediction]\nkind = "gru"\n')
     with pytest.raises(ConfigError, match=r"model.prediction.kind"):
