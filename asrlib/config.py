@@ -39,6 +39,10 @@ class FrontendConfig:
     # (projected gradient descent), so no filter output is clamped before the log. Off: on AN4 it
     # ended level (3 seeds) and started slower (notebook 01, configs/an4.toml).
     mel_nonnegative: bool = False
+    # What keeps a filter's output >= 0 for the log: "clamp" (max(x, 0): a filter whose output goes
+    # negative gives log(eps) whatever the sound, and passes no gradient back) or "abs" (|x|: a filter
+    # with negative lobes reports the size of a contrast between bands, and keeps learning).
+    mel_rectifier: Literal["clamp", "abs"] = "clamp"
     log_eps: float = 1e-6  # log(mel + eps)
     normalize: bool = False  # global per-bin mean/std normalisation, estimated from training audio
 

@@ -21,7 +21,8 @@
   Its output is clamped at 0 before the log, so a trained weight that goes negative cannot
   produce NaN. A clamped output is log(eps) whatever the sound, and passes no gradient back;
   with ``mel_nonnegative = true`` the optimiser keeps the weights >= 0 (:meth:`Frontend.project_`
-  after every step), so no output is clamped.
+  after every step), so no output is clamped. With ``mel_rectifier = "abs"`` the log takes |x|
+  instead of max(x, 0): no output is ever dead, and the weights stay free.
 * No per-utterance normalisation: a mean over the utterance looks into the future. Instead,
   with ``normalize = true``, each mel bin is standardised with one fixed mean and standard
   deviation (buffers ``feat_mean``/``feat_std``, saved with the weights), which the trainer
@@ -185,7 +186,8 @@ class Frontend(nn.Module):
         if audio.shape[-1] < self._win:  # shorter than one window: no frames, not an error
             return audio.new_zeros(audio.shape[0], 0, self.cfg.n_mels, dtype=out_dtype)
         mag = self._magnitude64(audio)  # (B, T, F)
-        mel = F_.linear(mag, self.mel.weight.to(torch.float64)).clamp(min=0.0)  # (B, T, M)
+        mel = F_.linear(mag, self.mel.weight.to(torch.float64))  # (B, T, M)
+        mel = mel.abs() if self.cfg.mel_rectifier == "abs" else mel.clamp(min=0.0)
         logmel = torch.log(mel + self.cfg.log_eps)
         if normalize and self.cfg.normalize:
             logmel = (logmel - self.feat_mean.to(torch.float64)) / self.feat_std.to(torch.float64)

@@ -75,6 +75,54 @@ def test_log_mel_formula(fe):
     np.testing.assert_allclose(feats[0].detach().numpy(), ref, atol=1e-3)
 
 
+def with_negative_lobes(rectifier: str) -> Frontend:
+    """A 40-mel frontend whose filters are the mel bank minus the next filter up (band contrasts, as
+    training leaves many): some outputs go below 0 (the top filter stays a plain triangle)."""
+    torch.manual_seed(0)
+    fe = Frontend(FrontendConfig(n_mels=40, mel_rectifier=rectifier)).eval()
+    with torch.no_grad():
+        w = fe.mel.weight.clone()
+        fe.mel.weight[:-1] -= w[1:]
+    return fe
+
+
+@pytest.mark.parametrize("rectifier", ["clamp", "abs"])
+def test_log_mel_formula_with_negative_filter_outputs(rectifier):
+    fe = with_negative_lobes(rectifier)
+    x = torch.randn(1, 2000)
+    feats, _ = fe(x, torch.tensor([2000]))
+    mel = fe.mel.weight.detach().double().numpy() @ np_stft_mag(x[0].double().numpy(), 400, 160)  # (M, T)
+    assert (mel < 0).mean() > 0.2  # the case under test: many outputs below 0
+    rectified = np.abs(mel) if rectifier == "abs" else np.maximum(mel, 0.0)
+    np.testing.assert_allclose(feats[0].detach().numpy(), np.log(rectified + 1e-6).T, atol=1e-3)
+
+
+@pytest.mark.parametrize("rectifier, learns", [("clamp", False), ("abs", True)])
+def test_a_filter_below_zero_learns_only_with_abs(rectifier, learns):
+    """A filter with only negative weights: clamped, its output is log(eps) and its weights get no
+    gradient; through |x| they do."""
+    fe = Frontend(FrontendConfig(n_mels=20, mel_rectifier=rectifier))
+    with torch.no_grad():
+        fe.mel.weight[3] = -fe.mel.weight[3].abs() - 0.01
+    feats, _ = fe(torch.randn(2, 3000), torch.tensor([3000, 3000]))
+    (feats * torch.randn_like(feats)).sum().backward()
+    assert bool((fe.mel.weight.grad[3] != 0).any()) is learns
+    assert bool((fe.mel.weight.grad[4] != 0).any())  # a plain triangle learns either way
+
+
+def test_abs_rectifier_streams_exactly():
+    fe = with_negative_lobes("abs")
+    win, hop = fe.win_length, fe.hop_length
+    x = torch.randn(2, win - hop + 30 * hop)
+    full, _ = fe(x, torch.tensor([x.shape[1]] * 2))
+    state, pos, outs = fe.init_state(x[:, : win - hop]), win - hop, []
+    for n in [1, 4, 16, 9]:
+        y, state = fe.step(x[:, pos : pos + n * hop], state)
+        outs.append(y)
+        pos += n * hop
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
+
+
 def test_output_lengths_all(fe):
     s = torch.arange(0, 1001)
     got = fe.output_lengths(s)
@@ -168,7 +216,11 @@ def test_step_rejects_partial_hop(fe):
         fe.step(torch.randn(1, 100), fe.init_state(1))
 
 
-def test_onnx_export_matches(fe, tmp_path):
+@pytest.mark.parametrize("lobes", ["mel bank", "clamp", "abs"])
+def test_onnx_export_matches(fe, tmp_path, lobes):
+    """The exported frontend = PyTorch's: the mel bank, and filters with negative lobes through
+    each rectifier."""
+    fe = fe if lobes == "mel bank" else with_negative_lobes(lobes)
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     x, lengths = torch.randn(2, 4000), torch.tensor([4000, 3000])
