@@ -40,12 +40,17 @@ DIGITS = {"ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT"
 RATE = 8000  # FSDD's
 
 
+def speaker_of(entry) -> str:
+    """The AN4 bundle keeps each speaker's audio in a folder named after them (``audio/<split>/<spk>/``)."""
+    return Path(entry.audio_filepath).parent.name
+
+
 def per_speaker(entries: list, n: int, seed: int = 0) -> list:
     """``n`` entries of each speaker (all of those with fewer), drawn with ``seed``; speakers in
     sorted order, each speaker's entries in manifest order."""
     by: dict[str, list] = {}
     for e in entries:
-        by.setdefault(Path(e.audio_filepath).parent.name, []).append(e)
+        by.setdefault(speaker_of(e), []).append(e)
     rng = np.random.default_rng(seed)
     kept = []
     for speaker in sorted(by):
@@ -76,7 +81,7 @@ def main() -> int:
         rows, speakers = [], set()
         for e in entries:
             wave = np.clip(load_audio(e.audio_filepath, RATE), -1.0, 1.0)  # soxr's low-pass at 4 kHz
-            speaker = Path(e.audio_filepath).parent.name
+            speaker = speaker_of(e)
             name = f"audio/{split}/{Path(e.audio_filepath).stem}.flac"
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             sf.write(out / name, wave, RATE, subtype="PCM_16")
