@@ -238,6 +238,9 @@ class TrainerConfig:
     progress_bar: bool = True
     save_every_minutes: float = 30.0  # also checkpoint when this long passed since the last save; 0 = off
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights (asrlib/ema.py)
+    # DDP on CPUs of one machine: average the gradients through shared memory (asrlib/shared_memory_average.py)
+    # or send them through gloo's TCP; GPUs and ranks on several machines always use their process group
+    cpu_gradient_average: Literal["shared_memory", "gloo"] = "shared_memory"
 
 
 @dataclass

@@ -12,7 +12,10 @@ timed steps.
 With ``--processes N`` the script relaunches itself under torchrun: N one-process-per-rank
 trainers (DDP, gloo) each time their own shard; the audio seconds of all ranks are summed and
 the slowest rank's wall time is used. Each rank uses the preset's batch budget, so a step
-then trains N times the audio of a one-process step.
+then trains N times the audio of a one-process step. ``--gradient-averages shared_memory gloo``
+measures both ways DDP can average the gradients of CPU ranks (``trainer.cpu_gradient_average``)
+in the same run. ``--shuffled`` times batches of the shuffled epochs (the recipes' first
+``sorted_epochs`` go shortest first, so their first batches are the shortest).
 
 ``--losses full pruned`` measures each preset with the full RNN-T loss and with the pruned one
 (``loss.rnnt = "pruned"`` + the simple projections) in the same run, so their ratio is fair on a
@@ -57,12 +60,14 @@ V1024 = ["model.encoder.d_model=256", "model.encoder.n_blocks=6", "model.encoder
          "model.joint.hidden=640", "model.prediction.hidden=320"]
 
 
-def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "full", precision: str = "fp32") -> dict:
+def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "full", precision: str = "fp32",
+            average: str = "shared_memory", shuffled: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="asrlib-bench-") as out:
         cfg = load_config(ROOT / "configs" / f"{preset}.toml", [
             f"trainer.output_dir={out}", "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
             f"trainer.num_threads={threads}", "validation_dataset.validation_manifest=[]",
             *(PRUNED if loss == "pruned" else []), f"trainer.precision={precision}",
+            f"trainer.cpu_gradient_average={average}", *(["train_dataset.sorted_epochs=0"] if shuffled else []),
         ])
         tr = Trainer(cfg)
         tr.setup()  # sets torch threads from trainer.num_threads
@@ -89,6 +94,7 @@ def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "ful
         "loss": loss,
         "precision": precision,
         "processes": tr.world,
+        "gradient_average": (average if tr.ddp is not None and tr.device.type == "cpu" else "none"),
         "threads": torch.get_num_threads(),
         "params_M": round(count_parameters(tr.model) / 1e6, 3),
         "batch_seconds_budget": cfg.train_dataset.batch_seconds,
@@ -121,7 +127,8 @@ def measure_v1024(threads: int, steps: int, warmup: int, loss: str, precision: s
     wall = (time.perf_counter() - t0) / steps
     audio = float(batch.audio_lengths.sum()) / cfg.model.frontend.sample_rate
     flops = count_flops(tr, batch)
-    return {"preset": "demo@d256x6,V1024", "loss": loss, "precision": precision, "processes": 1, "threads": threads,
+    return {"preset": "demo@d256x6,V1024", "loss": loss, "precision": precision, "processes": 1,
+            "gradient_average": "none", "threads": threads,
             "params_M": round(count_parameters(tr.model) / 1e6, 3), "batch": "4 x 8 s random, 24 tokens",
             "timed_steps": steps, "audio_seconds_per_second": round(audio / wall, 2),
             "seconds_per_step": round(wall, 3), "gflops_per_audio_second": round(flops / audio / 1e9, 2),
@@ -130,7 +137,7 @@ def measure_v1024(threads: int, steps: int, warmup: int, loss: str, precision: s
 
 def twin(results: list[dict], r: dict, field: str, value: str) -> dict | None:
     """The result that differs from ``r`` only in having ``field`` = ``value``."""
-    keys = ("preset", "threads", "loss", "precision")
+    keys = ("preset", "threads", "loss", "precision", "gradient_average")
     return next((q for q in results if q[field] == value
                  and all(q[k] == r[k] for k in keys if k != field)), None)
 
@@ -145,6 +152,9 @@ def main() -> None:
     p.add_argument("--losses", nargs="+", default=["full"], choices=["full", "pruned"])
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--v1024", action="store_true", help="add the CPU-sized V = 1024 preset (one process)")
+    p.add_argument("--gradient-averages", nargs="+", default=["shared_memory"], choices=["shared_memory", "gloo"],
+                   help="with --processes > 1: trainer.cpu_gradient_average, each in turn")
+    p.add_argument("--shuffled", action="store_true", help="time batches of the shuffled epochs (sorted_epochs = 0)")
     args = p.parse_args()
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -152,8 +162,9 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(min(args.threads))}
         sys.exit(subprocess.run(cmd, env=env).returncode)
     load_before = os.getloadavg()
-    results = [measure(preset, t, args.steps, args.warmup, loss, prec) for preset in args.presets
-               for t in args.threads for loss in args.losses for prec in args.precisions]
+    results = [measure(preset, t, args.steps, args.warmup, loss, prec, avg, args.shuffled) for preset in args.presets
+               for t in args.threads for loss in args.losses for prec in args.precisions
+               for avg in (args.gradient_averages if args.processes > 1 else ["shared_memory"])]
     if dist.is_initialized():
         dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -168,7 +179,7 @@ def main() -> None:
     for r in results:
         r["fraction_of_matmul_peak"] = round(r["gflops_per_second"] * 1e9 / matmul[r["threads"]] / r["processes"], 4)
     for r in results:  # pruned against full and bf16 against fp32, everything else alike, same run
-        for field, base in (("loss", "full"), ("precision", "fp32")):
+        for field, base in (("loss", "full"), ("precision", "fp32"), ("gradient_average", "gloo")):
             other = twin(results, r, field, base)
             if r[field] != base and other:
                 r[f"speedup_over_{base}"] = round(r["audio_seconds_per_second"] / other["audio_seconds_per_second"], 3)
