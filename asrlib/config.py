@@ -152,6 +152,9 @@ class TrainDatasetConfig:
     cache_audio: bool = False  # keep decoded training audio in memory after its first use (~230 MB per hour, per loader worker)
     speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]; speed and gain run in the DataLoader workers
     gain_db: list[float] = field(default_factory=list)  # [low, high]: random gain per utterance, e.g. [-20.0, 6.0]
+    noise_manifest: list[str] = field(default_factory=list)  # JSONL of noise recordings (texts ignored); [] = no noise
+    noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0])  # [low, high]: SNR of the added noise
+    noise_prob: float = 0.5  # the share of utterances that get noise (with a noise_manifest)
 
 
 @dataclass
@@ -267,7 +270,7 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 # Fields that hold paths relative to the config file's folder.
-_PATH_LIST_KEYS = {"train_dataset.train_manifest", "validation_dataset.validation_manifest"}
+_PATH_LIST_KEYS = {"train_dataset.train_manifest", "train_dataset.noise_manifest", "validation_dataset.validation_manifest"}
 _PATH_KEYS = {"tokenizer.tokenizer_path", "trainer.init_from"}
 
 
@@ -426,6 +429,12 @@ def _check_ranges(cfg: "Config", source: str) -> None:
     gain = cfg.train_dataset.gain_db
     if gain and (len(gain) != 2 or gain[0] > gain[1]):
         raise ConfigError(f"{source}: train_dataset.gain_db: expected [low, high] in dB with low <= high, got {gain!r}")
+    snr = cfg.train_dataset.noise_snr_db
+    if len(snr) != 2 or snr[0] > snr[1]:
+        raise ConfigError(f"{source}: train_dataset.noise_snr_db: expected [low, high] in dB with low <= high, got {snr!r}")
+    if not 0.0 <= cfg.train_dataset.noise_prob <= 1.0:
+        raise ConfigError(f"{source}: train_dataset.noise_prob: expected a probability in [0, 1], got "
+                          f"{cfg.train_dataset.noise_prob}")
     if cfg.train_dataset.num_workers < 0:
         raise ConfigError(f"{source}: train_dataset.num_workers: expected >= 0, got {cfg.train_dataset.num_workers}")
     if cfg.train_dataset.prefetch_factor < 1:

@@ -43,6 +43,7 @@ from asrlib.config import Config, ConfigError, load_config, to_dict
 from asrlib.data.augment import WavePerturbation, spec_augment_noise
 from asrlib.data.dataset import AudioDataset, Batch, BucketBatchSampler, DataError, Skipped, check_audio_cache
 from asrlib.data.manifest import ManifestError, read_manifest
+from asrlib.data.noise import noise_from_manifest
 from asrlib.data.skips import SkipTally, summary as skip_summary
 from asrlib.device import pick_device
 from asrlib.ema import WeightEMA
@@ -117,8 +118,13 @@ class Trainer:
         entries, report = read_manifest(td.train_manifest, min_duration=td.min_duration,
                                          max_duration=td.max_duration, strict=td.strict)
         self.log_line(f"train: {report.summary()}")
-        # speed and gain run in the DataLoader workers, drawn by (seed, epoch, utterance index)
-        perturbation = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db), cfg.trainer.seed)
+        noise = None  # additive noise (asrlib/data/noise.py)
+        if td.noise_manifest:
+            noise, noise_report = noise_from_manifest(td.noise_manifest, sr, td.noise_snr_db, td.noise_prob, cfg.trainer.seed)
+            self.log_line(f"noise: {noise_report.summary()}; added to {td.noise_prob:.0%} of utterances at "
+                          f"{td.noise_snr_db[0]:g}-{td.noise_snr_db[1]:g} dB SNR")
+        # speed, noise and gain run in the DataLoader workers, drawn by (seed, epoch, utterance index)
+        perturbation = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db), cfg.trainer.seed, noise)
         if td.cache_audio:  # one cache per loader worker of each process on this machine
             copies = max(td.num_workers, 1) * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             self.log_line(f"cache_audio: decoded training audio kept in memory, up to "

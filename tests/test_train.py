@@ -152,19 +152,22 @@ def _full_state(tr: Trainer) -> dict:
             "rng": torch.get_rng_state(), "progress": dict(tr.progress.__dict__)}
 
 
-def test_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("noise", [False, True])
+def test_resume_is_bit_exact(tmp_path, noise, capsys):
+    """With ``noise``, other training utterances are mixed in as noise (babble) as well."""
     train = make_manifest(tmp_path, RESUME_SET)
+    extra = (f"train_dataset.noise_manifest={train}", "train_dataset.noise_prob=0.7") if noise else ()
     valid = make_manifest(tmp_path, [13], "valid.jsonl")
     N = 6
 
-    straight = Trainer(_resume_config(tmp_path / "a", train, valid))
+    straight = Trainer(_resume_config(tmp_path / "a", train, valid, *extra))
     straight.setup()
     assert len(straight.sampler) < N  # the run crosses an epoch boundary
     straight.fit()
     assert straight.progress.step == N
     expected = _full_state(straight)
 
-    first = Trainer(_resume_config(tmp_path / "b", train, valid))
+    first = Trainer(_resume_config(tmp_path / "b", train, valid, *extra))
     first.setup()  # the scheduler is built for max_steps = N ...
     first.cfg.trainer.max_steps = N // 2  # ... but this run stops half-way (a checkpoint at N/2)
     first.fit()
@@ -172,7 +175,7 @@ def test_resume_is_bit_exact(tmp_path):
     torch.manual_seed(999)  # whatever happens in between must not matter
     del first
 
-    resumed = Trainer(_resume_config(tmp_path / "b", train, valid, "trainer.resume=auto"))
+    resumed = Trainer(_resume_config(tmp_path / "b", train, valid, *extra, "trainer.resume=auto"))
     resumed.setup()
     assert resumed.progress.step == N // 2
     resumed.fit()
@@ -183,6 +186,14 @@ def test_resume_is_bit_exact(tmp_path):
     b = next(resumed.micro_batches())
     y = resumed.model(b.audio, b.audio_lengths)[0]
     assert not torch.equal(y, resumed.model(b.audio, b.audio_lengths)[0])
+    if noise:  # the noise reached the batches: the same first batch differs from a run without it
+        noisy, plain = (Trainer(_resume_config(tmp_path / d, train, valid, *e)) for d, e in (("c", extra), ("d", ())))
+        noisy.setup()
+        plain.setup()
+        assert noisy.train_set.perturbation.noise is not None and plain.train_set.perturbation.noise is None
+        a, b = next(noisy.micro_batches()), next(plain.micro_batches())
+        assert a.indices == b.indices and not torch.equal(a.audio, b.audio)
+        assert "noise: kept 6 lines (0.00 h); dropped none; added to 70% of utterances at 10-20 dB SNR" in capsys.readouterr().err
 
 
 def test_weight_average_follows_the_steps_and_resumes_bit_exact(tmp_path):

@@ -25,8 +25,11 @@ a property of the microphone and the speaker, not of the words: in the bundled c
 held-out speaker is 12-17 dB quieter than every training speaker, and a model that never saw
 quiet speech confuses and drops digits (log-mel features shift by a constant with the gain).
 
-Speed and gain run in the Dataset (``WavePerturbation``), so DataLoader workers do them while
-the model trains. Each draw comes from a generator seeded by (seed, epoch, utterance index)
+Additive noise (``asrlib/data/noise.py``) runs between the two: speed on the speech, then the
+noise at its SNR, then the gain on the mixture, as a microphone's level scales both.
+
+Speed, noise and gain run in the Dataset (``WavePerturbation``), so DataLoader workers do them
+while the model trains. Each draw comes from a generator seeded by (seed, epoch, utterance index)
 alone, so an utterance gets the same perturbation whichever worker loads it, in whatever
 order, and a resumed run repeats an uninterrupted one exactly.
 
@@ -43,6 +46,7 @@ import torch
 from torch import Tensor
 
 from asrlib.config import FrontendConfig, SpecAugmentConfig
+from asrlib.data.noise import NoiseMixer
 from asrlib.model.frontend import hz_to_mel, mel_edges, mel_to_hz
 
 WARP_CUT = 0.8  # the frequency warp is a pure stretch up to this fraction of the mel bank's top
@@ -139,17 +143,19 @@ def gain_perturb(audio: np.ndarray, gain_db: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WavePerturbation:
-    """Speed, then gain, for one utterance: a factor from ``speed_factors`` (chosen uniformly)
-    and a gain uniform in [``gain_db[0]``, ``gain_db[1]``] dB. Empty lists turn a part off."""
+    """Speed, then noise, then gain, for one utterance: a factor from ``speed_factors`` (chosen
+    uniformly), ``noise`` (a ``NoiseMixer`` or None) and a gain uniform in [``gain_db[0]``,
+    ``gain_db[1]``] dB. Empty lists and None turn a part off."""
 
     sample_rate: int
     speed_factors: tuple[float, ...] = ()
     gain_db: tuple[float, ...] = field(default=())  # () or (low, high)
     seed: int = 0
+    noise: NoiseMixer | None = None
 
     @property
     def active(self) -> bool:
-        return bool(self.speed_factors) or bool(self.gain_db)
+        return bool(self.speed_factors) or bool(self.gain_db) or self.noise is not None
 
     def draw(self, epoch: int, index: int) -> tuple[float, float]:
         """(speed factor, gain in dB) of utterance ``index`` in ``epoch``: a pure function."""
@@ -161,4 +167,6 @@ class WavePerturbation:
     def __call__(self, wave: np.ndarray, epoch: int, index: int) -> np.ndarray:
         factor, gain = self.draw(epoch, index)
         wave = speed_perturb(wave, factor, self.sample_rate)
+        if self.noise is not None:
+            wave = self.noise(wave, epoch, index)
         return gain_perturb(wave, gain) if gain != 0.0 else wave

@@ -107,14 +107,17 @@ def _number(obj: dict, key: str, default: float | None = None) -> float:
     return float(value)
 
 
-def parse_line(raw: str, manifest: Path, line: int, check_audio: bool = True) -> ManifestEntry:
-    """One non-blank JSONL line -> ``ManifestEntry``; raises ``BadLine`` when unusable."""
+def parse_line(raw: str, manifest: Path, line: int, check_audio: bool = True, need_text: bool = True) -> ManifestEntry:
+    """One non-blank JSONL line -> ``ManifestEntry``; raises ``BadLine`` when unusable.
+    ``need_text`` False (noise recordings): a missing or empty ``text`` reads as ""."""
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
         raise BadLine("malformed JSON", f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
         raise BadLine("malformed JSON", f"expected a JSON object {{...}}, got {type(obj).__name__}")
+    if not need_text:
+        obj.setdefault("text", "")
     for key in REQUIRED_KEYS:
         if key not in obj:
             raise BadLine(f"missing '{key}'", f"missing key '{key}' (each line needs {', '.join(REQUIRED_KEYS)})")
@@ -125,7 +128,7 @@ def parse_line(raw: str, manifest: Path, line: int, check_audio: bool = True) ->
     text = obj["text"]
     if not isinstance(text, str):
         raise BadLine("bad text", f"'text' must be a string, got {text!r}")
-    if not text.strip():
+    if need_text and not text.strip():
         raise BadLine("empty text", "'text' is empty")
     path = obj["audio_filepath"]
     if not isinstance(path, str) or not path:
@@ -156,11 +159,13 @@ def read_manifest(
     min_duration: float | None = None,
     max_duration: float | None = None,
     check_audio: bool = True,
+    need_text: bool = True,
 ) -> tuple[list[ManifestEntry], ManifestReport]:
     """Read one or several manifests -> (entries in file order, report of what was dropped).
 
     strict: a bad line raises ``ManifestError``; otherwise it is skipped and counted.
     check_audio: False skips the existence check (e.g. reading only the texts).
+    need_text: False accepts lines without text (noise recordings: ``asrlib/data/noise.py``).
     """
     if isinstance(manifests, (str, Path)):
         manifests = [manifests]
@@ -172,7 +177,7 @@ def read_manifest(
         for number, raw in iter_lines(manifest):
             where = f"{manifest}:{number}"
             try:
-                entry = parse_line(raw, manifest, number, check_audio)
+                entry = parse_line(raw, manifest, number, check_audio, need_text)
             except BadLine as bad:
                 if strict:
                     raise ManifestError(f"{where}: {bad.detail}. Fix or delete this line, or train with strict = false to skip bad lines.") from None
