@@ -20,6 +20,9 @@ loader keeps up with a 20x margin:
 
 ``--perturb`` measures the loader with speed [0.9, 1.0, 1.1] and gain [-20, 6] dB, as the
 digits recipe trains (the perturbation runs in the workers, drawn by (seed, epoch, index)).
+``--noise MANIFEST`` adds noise from MANIFEST to a share ``--noise-prob`` of the utterances at
+10-20 dB SNR (``asrlib/data/noise.py``: a segment of a noise file read per noisy utterance), so
+the cost of reading the noise shows beside the plain loader's rate.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from asrlib.audio import load_audio  # noqa: E402
 from asrlib.data.augment import WavePerturbation  # noqa: E402
 from asrlib.data.dataset import AudioDataset, BucketBatchSampler  # noqa: E402
 from asrlib.data.manifest import read_manifest  # noqa: E402
+from asrlib.data.noise import noise_from_manifest  # noqa: E402
 from asrlib.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -55,6 +59,8 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--tokens-per-second", type=float, default=3.0)
     parser.add_argument("--perturb", action="store_true", help="speed 0.9/1.0/1.1 and gain -20..6 dB in the loader")
+    parser.add_argument("--noise", default=None, metavar="MANIFEST", help="noise recordings mixed in by the loader")
+    parser.add_argument("--noise-prob", type=float, default=0.5, help="share of utterances that get noise")
     args = parser.parse_args()
     entries, _ = read_manifest(args.manifest, strict=True)
     seconds = sum(e.duration for e in entries)
@@ -66,9 +72,14 @@ def main() -> int:
         load_audio(e.audio_filepath, args.sample_rate)
     in_process = time.perf_counter() - start
 
-    pert = WavePerturbation(args.sample_rate, (0.9, 1.0, 1.1), (-20.0, 6.0)) if args.perturb else None
-    ds = AudioDataset(entries, args.sample_rate, Tokenizer(REPO / "data_samples" / "digits" / "tokenizer"),
-                      perturbation=pert)
+    noise = noise_from_manifest([args.noise], args.sample_rate, (10.0, 20.0), args.noise_prob, 0)[0] \
+        if args.noise else None
+    pert = WavePerturbation(args.sample_rate, *(((0.9, 1.0, 1.1), (-20.0, 6.0)) if args.perturb else ((), ())),
+                            noise=noise)
+    # the tokenizer beside the manifest (a corpus's own: another's would reject its texts after decoding)
+    tokenizer = Path(args.manifest).parent / "tokenizer"
+    tokenizer = tokenizer if tokenizer.is_dir() else REPO / "data_samples" / "digits" / "tokenizer"
+    ds = AudioDataset(entries, args.sample_rate, Tokenizer(tokenizer), perturbation=pert)
     sampler = BucketBatchSampler([e.duration for e in entries], batch_seconds=60.0, max_batch_size=32, seed=0,
                                  with_epoch=True)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=args.workers)
@@ -87,6 +98,9 @@ def main() -> int:
         "in_process_audio_s_per_s": round(seconds / in_process, 1),
         "dataloader_workers": args.workers,
         "dataloader_perturbation": args.perturb,
+        "dataloader_noise": {"manifest": os.path.relpath(args.noise, REPO), "prob": args.noise_prob} if args.noise else None,
+        "dataloader_tokenizer": os.path.relpath(tokenizer, REPO),
+        "dataloader_utterances_kept": n,
         "dataloader_utt_per_s": round(n / loader_time, 1),
         "dataloader_audio_s_per_s": round(seconds / loader_time, 1),
         "cpu_count": os.cpu_count(),
