@@ -1,6 +1,6 @@
 """The ``asrlib`` command: one subcommand per module, each module owning its own arguments.
 
-    asrlib prepare fsdd|an4|commonvoice|librispeech …  data/importers
+    asrlib prepare fsdd|an4|commonvoice|librispeech|noise …  data/importers
     asrlib manifest check M [--strict]              data/manifest_check.py
     asrlib tokenizer train …                        tokenizer.py
     asrlib summary --config C                       model/summary.py

@@ -14,8 +14,8 @@ loader keeps up with a 20x margin:
 - ``gpu_need_audio_s_per_s`` = stated GPU throughput (``--gpu-tflops`` dense bf16 peak x
   ``--mfu``, the fraction a good step reaches) / those FLOPs;
 - ``loader_audio_s_per_s``: the config's ``num_workers`` x this machine's one-core rate of the
-  training Dataset (decode, resample, and the preset's speed/gain perturbation, which run in
-  the DataLoader workers), a projection with one free core per worker; ``loader_margin`` =
+  training Dataset (decode, resample, and the preset's speed/gain perturbation and noise, which
+  run in the DataLoader workers), a projection with one free core per worker; ``loader_margin`` =
   that / the GPU's need.
 
 ``--perturb`` measures the loader with speed [0.9, 1.0, 1.1] and gain [-20, 6] dB, as the
@@ -140,7 +140,8 @@ def gpu_need(args, entries) -> dict:
     flops_per_s = fc.get_total_flops() / secs
     need = args.gpu_tflops * 1e12 * args.mfu / flops_per_s
     td = cfg.train_dataset
-    pert = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db))
+    noise = noise_from_manifest(td.noise_manifest, sr, td.noise_snr_db, td.noise_prob, 0)[0] if td.noise_manifest else None
+    pert = WavePerturbation(sr, tuple(td.speed_perturb), tuple(td.gain_db), noise=noise)
     one_core = one_core_rate(entries, sr, pert)
     workers = td.num_workers
     loader = workers * one_core
@@ -150,7 +151,8 @@ def gpu_need(args, entries) -> dict:
         "stated_gpu": {"bf16_peak_tflops": args.gpu_tflops, "mfu": args.mfu},
         "gpu_need_audio_s_per_s": round(need, 1),
         "config_num_workers": workers,
-        "config_perturbation": {"speed_perturb": list(td.speed_perturb), "gain_db": list(td.gain_db)},
+        "config_perturbation": {"speed_perturb": list(td.speed_perturb), "gain_db": list(td.gain_db),
+                                "noise_manifest": list(td.noise_manifest), "noise_prob": td.noise_prob},
         "one_core_dataset_audio_s_per_s": round(one_core, 1),
         "loader_audio_s_per_s": round(loader, 1),
         "loader_margin": round(loader / need, 2),

@@ -4,6 +4,7 @@
     asrlib prepare commonvoice CV_LANG_DIR --split validated|train|dev|test --out DIR
     asrlib prepare librispeech SPLIT_DIR --out DIR
     asrlib prepare an4 AN4_DIR --out DIR [--format flac|opus|wav] [--dev-speakers N]
+    asrlib prepare noise NOISE_DIR --out MANIFEST  (noise recordings for train_dataset.noise_manifest)
 
 Every importer writes manifests with ``audio_filepath`` relative to the manifest, and never
 overwrites an existing manifest unless ``--force``. Each corpus module has ``main(argv)``.
@@ -21,6 +22,7 @@ CORPORA = {
     "commonvoice": "Common Voice language folder (TSV + clips/*.mp3) -> manifest",
     "librispeech": "LibriSpeech split folder (*.trans.txt + flac) -> manifest",
     "an4": "AN4 (CMU census) folder (etc/*.transcription + sph) -> train/dev/test (audio + manifests)",
+    "noise": "a folder of noise recordings (e.g. MUSAN's noise/) -> manifest without texts",
 }
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.main(argv[1:]) or 0)
 
 
-def run_importer(name: str, prepare, *args) -> int:
+def run_importer(name: str, prepare, *args, unit: str = "utterances") -> int:
     """Call ``prepare(*args) -> (manifest, counts)`` and print a one-line summary (exit status)."""
     from asrlib.data.manifest import ManifestError
 
@@ -51,5 +53,5 @@ def run_importer(name: str, prepare, *args) -> int:
         print(f"asrlib prepare {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     skipped = {k: v for k, v in counts.items() if k != "written"}
-    print(f"wrote {manifest}: {counts['written']} utterances" + (f"; skipped {skipped}" if skipped else ""))
+    print(f"wrote {manifest}: {counts['written']} {unit}" + (f"; skipped {skipped}" if skipped else ""))
     return 0
