@@ -35,13 +35,26 @@ def report_usage_errors(command: str, *more: type[BaseException], prog: str | No
             except caught as e:
                 if os.environ.get("ASRLIB_DEBUG"):
                     raise
-                print(f"{prefix}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                      file=sys.stderr, flush=True)
+                print(f"{prefix}: error: {one_line(e)}", file=sys.stderr, flush=True)
                 return 2
 
         return run
 
     return wrap
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of ``e``'s message; for an error raised in a DataLoader worker, which
+    PyTorch re-raises in the main process as "Caught X in DataLoader worker process N." with
+    the worker's traceback below, the worker's own message (the traceback's last line)."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1:
+        kind, _, message = lines[-1].partition(": ")
+        if kind.split(".")[-1] == type(e).__name__ and message:
+            return message
+    return lines[0]
 
 
 def refuse_existing_file(path, force: bool, inputs=(), flag: str = "--json") -> None:

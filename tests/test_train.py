@@ -196,6 +196,28 @@ def test_resume_is_bit_exact(tmp_path, noise, capsys):
         assert "noise: kept 6 lines (0.00 h); dropped none; added to 70% of utterances at 10-20 dB SNR" in capsys.readouterr().err
 
 
+def test_a_noise_file_that_fails_in_a_loader_worker_is_one_line_naming_its_line(tmp_path, capsys):
+    """The header reads (so setup keeps the line), the segment does not: the error is raised in a
+    DataLoader worker, re-raised by PyTorch in the trainer's process, and reported as the
+    worker's one line, manifest:line and what to do, with status 2."""
+    import soundfile as sf
+
+    train = make_manifest(tmp_path, RESUME_SET)
+    sf.write(tmp_path / "n.wav", [0.1, -0.1] * 4000, 16000)
+    noise = tmp_path / "noise.jsonl"
+    noise.write_text(json.dumps({"audio_filepath": "n.wav", "duration": 1.0, "offset": 100.0}) + "\n")
+    argv = ["train", "--config", str(TINY)]
+    for setting in (f"trainer.output_dir={tmp_path / 'run'}", f"train_dataset.train_manifest={train}",
+                    "validation_dataset.validation_manifest=[]", "trainer.progress_bar=false",
+                    "logger.log_to_tensorboard=false", "trainer.max_steps=2", "train_dataset.num_workers=1",
+                    f"train_dataset.noise_manifest={noise}", "train_dataset.noise_prob=1.0"):
+        argv += ["--set", setting]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("asrlib train: error: ") and f"{noise}:1: " in err
+    assert err.endswith("Fix or remove this line of the noise manifest.") and "Caught" not in err
+
+
 def test_weight_average_follows_the_steps_and_resumes_bit_exact(tmp_path):
     """``trainer.ema_decay``: the average equals the formula applied to the weights after every
     update (float64 reference), leaves the training itself bit-identical to a run without it, is

@@ -3,8 +3,7 @@ manifest to an utterance at a random signal-to-noise ratio.
 
 Each training utterance, with probability ``prob``, gets noise at an SNR drawn uniformly in
 [``snr_db[0]``, ``snr_db[1]``] dB, where SNR = 10 log10(P_speech / P_noise) and P is the mean
-square over the utterance's samples (silence included, as Kaldi's and Lhotse's mixers count
-it). The noise is one line of the noise manifest, chosen uniformly, read from a start uniform
+square over the utterance's samples, its pauses included. The noise is one line of the noise manifest, chosen uniformly, read from a start uniform
 in [0, its duration - the utterance's duration]; a recording shorter than the utterance is
 repeated end to end until it covers it.
 
