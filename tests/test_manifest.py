@@ -137,6 +137,21 @@ def test_check_cli_reports_each_bad_line(tmp_path, capsys):
     assert "2 lines ok, 4 lines bad" in captured.out
 
 
+def test_check_cli_noise_manifests_need_no_text(tmp_path, capsys):
+    wav(tmp_path / "a.wav", 1.0)
+    m = write_lines(tmp_path / "noise.jsonl", [
+        {"audio_filepath": "a.wav", "duration": 1.0},
+        {"audio_filepath": "a.wav", "text": "", "duration": 1.0},
+        {"audio_filepath": "a.wav", "duration": 2.0},
+    ])
+    assert manifest_check.main(["check", "--noise", str(m)]) == 1
+    captured = capsys.readouterr()
+    assert f"{m}:3: stated duration 2.000 s" in captured.err and "2 lines ok, 1 lines bad" in captured.out
+    assert manifest_check.main(["check", str(m)]) == 1  # a training manifest needs its texts
+    err = capsys.readouterr().err
+    assert f"{m}:1: missing key 'text'" in err and f"{m}:2: 'text' is empty" in err
+
+
 def test_check_cli_strict_stops_at_first(tmp_path, capsys):
     wav(tmp_path / "a.wav", 1.0)
     m = write_lines(tmp_path / "m.jsonl", [{"audio_filepath": "a.wav", "text": "x", "duration": 2.0}] * 3)

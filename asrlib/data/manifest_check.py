@@ -5,6 +5,7 @@ its real length is compared with the stated ``duration`` (tolerance: the larger 
 2 %), and audio shorter than one STFT window (25 ms) is flagged. A summary follows: lines ok,
 lines bad (each named ``manifest:line`` with its reason), hours of audio. The exit status
 is 1 when anything is bad, including a manifest with no line at all. ``--strict`` stops at the first bad line.
+``--noise`` checks a noise manifest (``train_dataset.noise_manifest``), whose lines need no text.
 
 Shapes: none (command-line tool).
 """
@@ -30,9 +31,9 @@ class CheckResult:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (manifest:line, reason)
 
 
-def check_line(raw: str, manifest: Path, line: int) -> float:
+def check_line(raw: str, manifest: Path, line: int, need_text: bool = True) -> float:
     """Check one line end to end -> its real duration in seconds; raises ``BadLine``."""
-    entry = parse_line(raw, manifest, line, check_audio=True)
+    entry = parse_line(raw, manifest, line, check_audio=True, need_text=need_text)
     try:
         x, sr = read_audio(entry.audio_filepath, entry.offset, None)
     except AudioError as e:
@@ -53,7 +54,7 @@ def check_line(raw: str, manifest: Path, line: int) -> float:
     return real
 
 
-def check_manifests(manifests: list[str | Path], stop_at_first: bool = False) -> CheckResult:
+def check_manifests(manifests: list[str | Path], stop_at_first: bool = False, need_text: bool = True) -> CheckResult:
     result = CheckResult()
     for manifest in map(Path, manifests):
         try:
@@ -70,7 +71,7 @@ def check_manifests(manifests: list[str | Path], stop_at_first: bool = False) ->
                 return result
         for number, raw in lines:
             try:
-                result.seconds += check_line(raw, manifest, number)
+                result.seconds += check_line(raw, manifest, number, need_text)
                 result.ok += 1
             except BadLine as bad:
                 result.bad.append((f"{manifest}:{number}", bad.detail))
@@ -85,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="read every line and decode every audio file")
     check.add_argument("manifests", nargs="+", help="JSONL manifest(s)")
     check.add_argument("--strict", action="store_true", help="stop at the first bad line")
+    check.add_argument("--noise", action="store_true", help="noise manifests: lines need no text")
     args = parser.parse_args(argv)
 
-    result = check_manifests(args.manifests, stop_at_first=args.strict)
+    result = check_manifests(args.manifests, stop_at_first=args.strict, need_text=not args.noise)
     for where, reason in result.bad:
         print(f"{where}: {reason}", file=sys.stderr)
     status = "OK" if not result.bad else "BAD"
