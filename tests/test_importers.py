@@ -314,21 +314,22 @@ def test_noise_folder_to_a_manifest_the_mixer_reads(tmp_path, capsys):
     (noise / "sound-bible").mkdir()
     rng = np.random.default_rng(0)
     made = {"free-sound/a.wav": (16000, 1.5), "free-sound/b.flac": (8000, 0.75), "sound-bible/c.ogg": (16000, 2.0),
-            "sound-bible/short.wav": (16000, 0.05)}
+            "sound-bible/short.wav": (16000, 0.05), "sound-bible/d.mp3": (16000, 1.0)}
     for name, (sr, seconds) in made.items():
-        sf.write(noise / name, (0.1 * rng.standard_normal(int(sr * seconds))).astype(np.float32), sr)
+        sf.write(noise / name, (0.1 * rng.standard_normal(int(sr * seconds))).astype(np.float32), sr,
+                 format="MP3" if name.endswith(".mp3") else None)
     (noise / "sound-bible" / "broken.wav").write_bytes(b"RIFF but not audio")
     (noise / "LICENSE").write_text("not audio, not listed")
     out = tmp_path / "noise.jsonl"
     assert cli.main(["prepare", "noise", str(noise), "--out", str(out)]) == 0
     said = capsys.readouterr().out
-    assert "3 recordings" in said and "'unreadable': 1" in said and "'shorter than 0.1 s': 1" in said
+    assert "4 recordings" in said and "'unreadable': 1" in said and "'shorter than 0.1 s': 1" in said
     rows = lines(out)
     assert [r["audio_filepath"] for r in rows] == ["musan/noise/free-sound/a.wav", "musan/noise/free-sound/b.flac",
-                                                   "musan/noise/sound-bible/c.ogg"]  # relative to the manifest
-    assert [r["duration"] for r in rows] == [1.5, 0.75, 2.0] and all("text" not in r for r in rows)
+                                                   "musan/noise/sound-bible/c.ogg", "musan/noise/sound-bible/d.mp3"]
+    assert [r["duration"] for r in rows] == [1.5, 0.75, 2.0, 1.0] and all("text" not in r for r in rows)
     mixer, report = noise_from_manifest([str(out)], 16000, [10.0, 20.0], 1.0, 0)
-    assert len(mixer.entries) == 3 and report.kept == 3
+    assert len(mixer.entries) == 4 and report.kept == 4
     # never overwritten without --force; a folder without audio and a missing folder: one line, status 2
     assert cli.main(["prepare", "noise", str(noise), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
