@@ -74,8 +74,8 @@ def main() -> int:
 
     noise = noise_from_manifest([args.noise], args.sample_rate, (10.0, 20.0), args.noise_prob, 0)[0] \
         if args.noise else None
-    pert = WavePerturbation(args.sample_rate, *(((0.9, 1.0, 1.1), (-20.0, 6.0)) if args.perturb else ((), ())),
-                            noise=noise)
+    speeds, gains = ((0.9, 1.0, 1.1), (-20.0, 6.0)) if args.perturb else ((), ())
+    pert = WavePerturbation(args.sample_rate, speeds, gains, noise=noise)
     # the tokenizer beside the manifest (a corpus's own: another's would reject its texts after decoding)
     tokenizer = Path(args.manifest).parent / "tokenizer"
     tokenizer = tokenizer if tokenizer.is_dir() else REPO / "data_samples" / "digits" / "tokenizer"

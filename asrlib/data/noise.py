@@ -100,11 +100,9 @@ class NoiseMixer:
             length = seconds
         try:
             noise = load_audio(entry.audio_filepath, self.sample_rate, offset + draw.start, length)
-        except AudioError:
+        except AudioError:  # e.g. a start past the end of a file shorter than its line says
             noise = np.zeros(0, np.float32)
-        if len(noise) < samples and draw.start > 0:  # the file is shorter than its line says: take it whole
-            noise = np.zeros(0, np.float32)
-        if len(noise) == 0:
+        if len(noise) == 0 or (len(noise) < samples and draw.start > 0):  # take the line whole instead
             try:
                 noise = load_audio(entry.audio_filepath, self.sample_rate, *entry.span)
             except AudioError as e:
