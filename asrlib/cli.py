@@ -11,6 +11,7 @@
     asrlib export --checkpoint CK --out DIR         export.py
     asrlib average CK… [--last N] --out DIR         average.py
     asrlib significance A.json B.json               significance.py
+    asrlib ngram --tokenizer T --manifest M --out F ngram.py
 
 A user's mistake is one line, ``asrlib COMMAND: error: …``, exit status 2; ``--debug`` (anywhere
 on the line) shows the traceback instead. Each target module has ``main(argv: list[str]) -> int``; it is imported only when used, so
@@ -35,6 +36,7 @@ COMMANDS = {
     "export": ("asrlib.export", "export the streaming step to ONNX"),
     "average": ("asrlib.average", "average the weights of a run's checkpoints into a model folder"),
     "significance": ("asrlib.significance", "is one WER really lower than another? (paired bootstrap)"),
+    "ngram": ("asrlib.ngram", "a token-level n-gram language model for beam search (ARPA)"),
 }
 
 

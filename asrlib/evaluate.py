@@ -1,12 +1,14 @@
 """``asrlib evaluate``: WER/CER of a checkpoint on a manifest, offline or streaming.
 
     asrlib evaluate --checkpoint CK --manifest M [--decoder ctc_greedy|ctc_beam|rnnt_greedy|rnnt_beam]
-                    [--beam 4] [--stream [--streams 16] [--piece-samples N]] [--json OUT [--force]]
+                    [--beam 4] [--lm LM.arpa [--lm-weight 0.3] [--token-bonus 0.5]]
+                    [--stream [--streams 16] [--piece-samples N]] [--json OUT [--force]]
 
 CK is a training checkpoint (``.pt``) or an exported model folder. ``--stream`` decodes every
 utterance through :class:`asrlib.streaming.StreamingRecognizer`, fed ``--piece-samples`` at a
 time, ``--streams`` utterances at once (stepped and decoded as one batch); it must give the
-same WER as offline decoding, utterance by utterance (the central property of asrlib).
+same WER as offline decoding, utterance by utterance (the central property of asrlib), beam
+search and its language model (``--lm``, shallow fusion: :mod:`asrlib.ngram`) included.
 The JSON report has ``wer`` and ``cer`` (fractions), ``num_utterances``, ``rtf`` (processing
 seconds per audio second), per-utterance results and ``skipped``: every manifest line left out
 of the WER (bad line, missing or unreadable audio), counted by reason with its first
@@ -36,6 +38,7 @@ from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.metrics import EditCounts, char_counts, error_report, word_counts
 from asrlib.model.hybrid import HybridASR
+from asrlib.ngram import add_decoding_arguments, decoding_options
 from asrlib.streaming import DECODERS as STREAM_DECODERS
 from asrlib.streaming import StreamingRecognizer
 from asrlib.errors import UsageError, refuse_existing_file, report_usage_errors
@@ -46,9 +49,11 @@ DECODERS = ("ctc_greedy", "ctc_beam", "rnnt_greedy", "rnnt_beam")
 
 @torch.no_grad()
 def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rnnt_greedy", beam: int = 4,
-                   detokenize=None, device: str = "cpu", max_symbols: int = 5) -> list[DecodingResult]:
+                   detokenize=None, device: str = "cpu", max_symbols: int = 5, lm=None, lm_weight: float = 0.0,
+                   token_bonus: float = 0.0) -> list[DecodingResult]:
     """Decode a list of waveforms (at the model's rate) as one padded batch. ``max_symbols`` caps
-    the tokens an RNN-T decoder emits per encoder frame (greedy and beam alike)."""
+    the tokens an RNN-T decoder emits per encoder frame (greedy and beam alike); ``lm``,
+    ``lm_weight`` and ``token_bonus`` are rnnt_beam's shallow fusion (:class:`RNNTBeamOptions`)."""
     lengths = torch.tensor([len(w) for w in waves])
     audio = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
     for b, w in enumerate(waves):
@@ -63,19 +68,21 @@ def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rn
         return RNNTGreedyDecoder(RNNTGreedyOptions(model.blank, max_symbols)).decode(
             model.prediction, model.joint, enc, enc_lengths, detokenize)
     if decoder == "rnnt_beam":
-        dec = RNNTBeamDecoder(RNNTBeamOptions(model.blank, beam_size=beam, max_symbols_per_frame=max_symbols))
+        dec = RNNTBeamDecoder(RNNTBeamOptions(model.blank, beam, max_symbols, lm, lm_weight, token_bonus))
         return dec.decode(model.prediction, model.joint, enc, enc_lengths, detokenize)
     raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
 
 
 def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Path, decoder: str = "rnnt_greedy",
                       beam: int = 4, stream: bool = False, piece_samples: int = 1600, batch_size: int = 16,
-                      device: str = "cpu", streams: int = 16, max_symbols: int = 5) -> dict:
+                      device: str = "cpu", streams: int = 16, max_symbols: int = 5, lm=None, lm_weight: float = 0.0,
+                      token_bonus: float = 0.0) -> dict:
     if stream and decoder not in STREAM_DECODERS:
-        raise UsageError(f"--stream decodes with {' or '.join(STREAM_DECODERS)}, not {decoder}; drop --stream for "
-                         "beam search")
-    rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams,
-                               max_symbols_per_frame=max_symbols) if stream else None)
+        raise UsageError(f"--stream decodes with {', '.join(STREAM_DECODERS)}, not {decoder}; drop --stream for "
+                         "CTC beam search")
+    fusion = {"lm": lm, "lm_weight": lm_weight, "token_bonus": token_bonus}
+    rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams, max_symbols_per_frame=max_symbols,
+                               beam_size=beam, **fusion) if stream else None)
     batch_size = max(batch_size, 4 * streams) if stream else batch_size  # utterances loaded at a time
     entries, report = read_manifest(manifest, strict=False)
     if not entries:
@@ -98,7 +105,7 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
         if rec is not None:
             results = rec.recognize_many(waves, piece_samples)
         else:
-            results = decode_offline(model, waves, decoder, beam, tokenizer.decode, device, max_symbols)
+            results = decode_offline(model, waves, decoder, beam, tokenizer.decode, device, max_symbols, **fusion)
         compute_seconds += time.perf_counter() - t0
         audio_seconds += sum(len(w) for w in waves) / sr
         refs += [e.text for e in batch]
@@ -108,6 +115,7 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
         raise UsageError(f"{manifest}: no utterance could be read ({report.summary()})")
     out = error_report(refs, hyps, ids)
     out.update(rtf=compute_seconds / max(audio_seconds, 1e-9), decoder=decoder, stream=stream,
+               lm_weight=lm_weight if lm is not None else None, token_bonus=token_bonus,
                manifest=str(manifest), audio_seconds=audio_seconds, skipped_lines=report.total_dropped,
                skipped={"total": report.total_dropped, "reasons": dict(report.dropped), "first": dict(report.first)})
     return out
@@ -188,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported model folder")
     p.add_argument("--manifest", required=True, action="append", help="JSONL manifest (repeatable)")
     p.add_argument("--decoder", default="rnnt_greedy", choices=DECODERS)
-    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--beam", type=int, default=4, help="beam searches: hypotheses kept")
+    add_decoding_arguments(p)
     p.add_argument("--max-symbols", type=int, default=5, help="RNN-T decoders: tokens one encoder frame may emit")
     p.add_argument("--stream", action="store_true", help="decode through the streaming recogniser")
     p.add_argument("--piece-samples", type=int, default=1600, help="samples fed per call when streaming")
@@ -208,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # before any work: a refusal should not cost a whole evaluation
         refuse_existing_file(args.json, args.force, [*args.manifest, args.checkpoint])
     model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.device)
+    fusion = decoding_options(args, tokenizer.pieces())
     reports = []
     for manifest in args.manifest:
         r = evaluate_manifest(model, tokenizer, manifest, args.decoder, args.beam, args.stream, args.piece_samples,
-                              device=args.device, streams=args.streams, max_symbols=args.max_symbols)
+                              device=args.device, streams=args.streams, max_symbols=args.max_symbols, **fusion)
+        r["lm"] = args.lm
         reports.append(r)
+        how = args.decoder + (f" + {Path(args.lm).name} x {args.lm_weight:g}" if args.lm else "")
         print(f"{Path(manifest).name}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  "
-              f"utterances {r['num_utterances']}  RTF {r['rtf']:.4f}  ({args.decoder}{', streaming' if args.stream else ''})")
+              f"utterances {r['num_utterances']}  RTF {r['rtf']:.4f}  ({how}{', streaming' if args.stream else ''})")
         if r["skipped"]["total"]:
             print(f"{Path(manifest).name}: warning: {skipped_line(r)}", file=sys.stderr)
     if args.json:

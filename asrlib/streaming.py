@@ -44,11 +44,11 @@ from torch import Tensor
 
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
 from asrlib.decoding.result import DecodingResult
-from asrlib.decoding.rnnt import RNNTGreedyDecoder, RNNTGreedyOptions
+from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.model import state as st
 from asrlib.model.hybrid import HybridASR, StreamingConstants
 
-DECODERS = ("rnnt_greedy", "ctc_greedy")
+DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy")
 
 
 class StreamingBackend(Protocol):
@@ -173,6 +173,14 @@ class RNNTStreamDecoder:
         return self.decoder.decode_chunk(self.backend.prediction, self.backend.joint, enc, state, offsets)
 
 
+class RNNTBeamStreamDecoder(RNNTStreamDecoder):
+    """RNN-T beam search (optionally with a language model), chunk by chunk, one stream at a time."""
+
+    def __init__(self, backend: StreamingBackend, options: RNNTBeamOptions):
+        self.backend = backend
+        self.decoder = RNNTBeamDecoder(options)
+
+
 class CTCStreamDecoder:
     """Greedy CTC, chunk by chunk (the last frame's label carries over)."""
 
@@ -201,13 +209,17 @@ class StreamingRecognizer:
     ``model`` runs on its own device (``device`` may only confirm it); a model in training mode
     is stepped in eval mode and handed back in training mode. ``backend`` replaces the model
     (e.g. :class:`asrlib.onnx_runtime.OnnxStreamingBackend`). ``compile=True``: the model's
-    step through ``torch.compile`` (see :class:`TorchStreamingBackend`).
+    step through ``torch.compile`` (see :class:`TorchStreamingBackend`). ``decoder="rnnt_beam"``
+    searches ``beam_size`` hypotheses per stream, with a language model for shallow fusion if
+    ``lm`` is given (:class:`asrlib.decoding.rnnt.RNNTBeamDecoder`); its partial result is the
+    best hypothesis so far, so, unlike greedy's, it may change its earlier words.
     """
 
     def __init__(self, model: HybridASR | None = None, tokenizer=None, decoder: str = "rnnt_greedy",
                  num_streams: int = 1, max_symbols_per_frame: int = 5, device: str | torch.device | None = None,
                  keep_encoder_output: bool = False, backend: StreamingBackend | None = None,
-                 compile: bool = False):
+                 compile: bool = False, beam_size: int = 4, lm: Any = None, lm_weight: float = 0.0,
+                 token_bonus: float = 0.0):
         if decoder not in DECODERS:
             raise ValueError(f"streaming decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         if num_streams < 1:
@@ -216,8 +228,14 @@ class StreamingRecognizer:
             raise ValueError("compile applies to the PyTorch model; a backend given is used as it is")
         self.backend = backend if backend is not None else TorchStreamingBackend(model, device, compile)
         self.constants: StreamingConstants = self.backend.constants
-        self.decoder = (RNNTStreamDecoder(self.backend, max_symbols_per_frame) if decoder == "rnnt_greedy"
-                        else CTCStreamDecoder(self.backend))
+        if decoder == "rnnt_beam":
+            self.decoder = RNNTBeamStreamDecoder(self.backend, RNNTBeamOptions(
+                self.constants.blank, beam_size, max_symbols_per_frame, lm, lm_weight, token_bonus))
+        elif lm is not None or token_bonus:
+            raise ValueError("a language model and a token bonus need decoder='rnnt_beam'")
+        else:
+            self.decoder = (RNNTStreamDecoder(self.backend, max_symbols_per_frame) if decoder == "rnnt_greedy"
+                            else CTCStreamDecoder(self.backend))
         self.tokenizer, self.num_streams = tokenizer, num_streams
         self.keep_encoder_output = keep_encoder_output
         self.reset()
@@ -227,7 +245,7 @@ class StreamingRecognizer:
         self.state = self.backend.init_state(self.num_streams)
         self.dec_state = self.decoder.init_state(self.num_streams)
         self.streams = [_Stream() for _ in range(self.num_streams)]
-        self._texts: dict[int, tuple[int, str]] = {}  # stream -> (tokens detokenized, text)
+        self._texts: dict[int, tuple[list[int], str]] = {}  # stream -> (tokens detokenized, text)
 
     def reset_stream(self, i: int) -> None:
         """Stream ``i`` starts afresh (a new utterance); the others go on."""
@@ -353,11 +371,11 @@ class StreamingRecognizer:
         d = self.dec_state
         tokens = list(d.tokens[stream])
         text = ""
-        if self.tokenizer is not None:  # greedy hypotheses only grow: detokenize when they did
-            done, text = self._texts.get(stream, (-1, ""))
-            if done != len(tokens):
+        if self.tokenizer is not None:  # detokenize when the hypothesis changed
+            done, text = self._texts.get(stream, (None, ""))
+            if done != tokens:
                 text = self.tokenizer.decode(tokens)
-                self._texts[stream] = (len(tokens), text)
+                self._texts[stream] = (tokens, text)
         return DecodingResult(tokens, list(d.timestamps[stream]), float(d.scores[stream]), text)
 
     def encoder_output(self, stream: int = 0) -> Tensor:

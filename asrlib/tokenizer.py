@@ -95,6 +95,10 @@ class Tokenizer:
     def piece(self, i: int) -> str:
         return self.sp.IdToPiece(int(i))
 
+    def pieces(self) -> list[str]:
+        """Every piece, in id order (what an n-gram language model's words are: asrlib/ngram.py)."""
+        return [self.piece(i) for i in range(self.vocab_size)]
+
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 

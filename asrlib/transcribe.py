@@ -4,13 +4,14 @@
     asrlib transcribe --checkpoint CK --stream FILE…            partial hypotheses as they grow,
                                                                  then the final text, RTF, latency
     asrlib transcribe --onnx DIR --stream FILE…                 the same with onnxruntime only
+    asrlib transcribe --checkpoint CK --decoder rnnt_beam --lm LM.arpa FILE…   beam search + n-gram LM
 
 CK is a training checkpoint or an exported folder (e.g. ``models/digits_demo``).
 
 Long files: offline decoding holds the whole file's features and activations, which grow with
 its length (about 1.5 GB at 20 minutes with the digits model). A file longer than
-``--max-offline-seconds`` (default 300) with a greedy decoder is therefore decoded through the
-streaming step, fed 30 s at a time: the text is the same (streaming equals the full model,
+``--max-offline-seconds`` (default 300) with a streaming decoder (greedy, or RNN-T beam search)
+is therefore decoded through the streaming step, fed 30 s at a time: the text is the same (streaming equals the full model,
 utterance by utterance: the project's central, tested property) and memory stays flat.
 """
 
@@ -63,7 +64,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+")
     p.add_argument("--stream", action="store_true", help="stream each file, printing partial hypotheses")
     p.add_argument("--decoder", default="rnnt_greedy", choices=("rnnt_greedy", "ctc_greedy", "ctc_beam", "rnnt_beam"),
-                   help="beam searches run offline only")
+                   help="ctc_beam runs offline only")
+    p.add_argument("--beam", type=int, default=4, help="beam searches: hypotheses kept")
     p.add_argument("--max-symbols", type=int, default=5, help="RNN-T decoders: tokens one encoder frame may emit")
     p.add_argument("--piece-ms", type=float, default=160.0, help="audio fed per call when streaming")
     p.add_argument("--max-offline-seconds", type=float, default=300.0,
@@ -75,13 +77,17 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
+    from asrlib.ngram import add_decoding_arguments, decoding_options
+
+    add_decoding_arguments(p)
     args = p.parse_args(argv)
     from asrlib.errors import UsageError
     from asrlib.streaming import DECODERS as STREAM_DECODERS
+    from asrlib.tokenizer import Tokenizer
 
     if (args.stream or args.onnx) and args.decoder not in STREAM_DECODERS:
         raise UsageError(f"--decoder {args.decoder} runs offline only; streaming decodes with "
-                         f"{' or '.join(STREAM_DECODERS)} (drop --stream for beam search)")
+                         f"{', '.join(STREAM_DECODERS)} (drop --stream for ctc_beam)")
     if args.max_symbols < 1:
         raise UsageError(f"--max-symbols must be at least 1, got {args.max_symbols}")
     if args.compile and (args.onnx or not args.stream):
@@ -93,10 +99,15 @@ def _main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.onnx:
+        from pathlib import Path
+
         from asrlib.onnx_runtime import load_onnx_recognizer
 
+        tok_path = Path(args.onnx) / "tokenizer.model"
+        pieces = Tokenizer(tok_path).pieces() if tok_path.is_file() else None  # else the loader says what is missing
         rec = load_onnx_recognizer(args.onnx, decoder=args.decoder,  # one set of sessions for every file
-                                   max_symbols_per_frame=args.max_symbols)
+                                   max_symbols_per_frame=args.max_symbols, beam_size=args.beam,
+                                   **(decoding_options(args, pieces) if pieces else {}))
         sr = rec.constants.sample_rate
         args.stream = True
     else:
@@ -105,10 +116,11 @@ def _main(argv: list[str] | None = None) -> int:
         from asrlib.streaming import StreamingRecognizer
 
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
+        fusion = decoding_options(args, tokenizer.pieces())
         sr = model.cfg.frontend.sample_rate
-        if args.stream or args.decoder in ("rnnt_greedy", "ctc_greedy"):
+        if args.stream or args.decoder in STREAM_DECODERS:
             rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder, compile=args.compile,
-                                      max_symbols_per_frame=args.max_symbols)
+                                      max_symbols_per_frame=args.max_symbols, beam_size=args.beam, **fusion)
 
     for path in args.files:
         wave = load_audio(path, sr)
@@ -117,13 +129,13 @@ def _main(argv: list[str] | None = None) -> int:
             r = stream_file(rec, wave, sr, max(1, int(args.piece_ms * sr / 1000)))
             print(f"{path}\t{r['text']}\t(RTF {r['rtf']:.3f}, per-piece latency median "
                   f"{r['latency_ms_median']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms)")
-        elif len(wave) > args.max_offline_seconds * sr and args.decoder in ("rnnt_greedy", "ctc_greedy"):
+        elif len(wave) > args.max_offline_seconds * sr and args.decoder in STREAM_DECODERS:
             rec.reset()
             res = rec.recognize(wave, 30 * sr)
             print(f"{path}\t{res.text}")
         else:
-            (res,) = decode_offline(model, [wave], args.decoder, detokenize=tokenizer.decode, device=args.device,
-                                    max_symbols=args.max_symbols)
+            (res,) = decode_offline(model, [wave], args.decoder, args.beam, tokenizer.decode, args.device,
+                                    args.max_symbols, **fusion)
             print(f"{path}\t{res.text}")
     return 0
 

@@ -22,11 +22,28 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
     empty = tmp / "empty.jsonl"
     empty.write_text("")
+    lm = tmp / "digits.arpa"  # a language model of the digits tokenizer's pieces
+    lm.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\t<unk>\n-0.3\t</s>\n\n\\end\\\n")
+    other = tmp / "other.arpa"  # one whose words the digits tokenizer does not have
+    other.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\tXYZZY\n-0.3\t</s>\n\n\\end\\\n")
     return [
         ("evaluate", ["evaluate", "--checkpoint", str(tmp / "nope"), "--manifest", str(MANIFEST)]),  # missing checkpoint
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(empty)]),  # empty manifest
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--stream",
-                      "--decoder", "rnnt_beam"]),  # a decoder streaming does not have
+                      "--decoder", "ctc_beam"]),  # a decoder streaming does not have
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--lm", str(lm)]),  # not beam
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--decoder", "rnnt_beam",
+                      "--lm", str(tmp / "nope.arpa")]),  # missing language model
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--decoder", "rnnt_beam",
+                      "--lm", str(other)]),  # a language model of other pieces
+        ("transcribe", ["transcribe", "--checkpoint", str(MODEL), "--decoder", "rnnt_beam", "--lm", str(MANIFEST),
+                        str(AUDIO)]),  # not an ARPA file
+        ("ngram", ["ngram", "--tokenizer", str(ROOT / "data_samples" / "digits" / "tokenizer"), "--out",
+                   str(tmp / "x.arpa")]),  # no text
+        ("ngram", ["ngram", "--tokenizer", str(ROOT / "data_samples" / "digits" / "tokenizer"), "--manifest",
+                   str(tmp / "none.jsonl"), "--out", str(tmp / "x.arpa")]),  # missing manifest
+        ("ngram", ["ngram", "--tokenizer", str(ROOT / "data_samples" / "digits" / "tokenizer"), "--manifest",
+                   str(MANIFEST), "--out", str(lm)]),  # an existing file
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--streams", "0"]),
         ("transcribe", ["transcribe", "--checkpoint", str(tmp / "nope"), str(AUDIO)]),
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(tmp / "missing.wav")]),  # missing audio

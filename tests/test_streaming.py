@@ -230,7 +230,7 @@ def test_transcribe_long_file_through_the_stream_gives_the_offline_text(tmp_path
     assert len(offline.split()) > 20 and streamed == offline
 
 
-@pytest.mark.parametrize("decoder", ["rnnt_greedy", "ctc_greedy"])
+@pytest.mark.parametrize("decoder", ["rnnt_greedy", "ctc_greedy", "rnnt_beam"])
 @pytest.mark.parametrize("streams", [1, 3, 8])
 def test_many_streams_at_once_equal_offline_decoding(decoder, streams):
     """recognize_many (streams stepped and decoded as one batch, a stream taking the next
@@ -317,3 +317,28 @@ def test_compiled_step_streams_what_the_eager_step_streams():
     assert float((enc_c - enc_e).abs().max()) <= 1e-4 * max(1.0, float(enc_e.abs().max()))
     with pytest.raises(ValueError, match="compile"):
         StreamingRecognizer(tokenizer=tok, backend=rec.backend, compile=True)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_beam_search_with_a_language_model_streams_what_it_decodes_offline(streams):
+    """rnnt_beam (with an n-gram model fused in) through the recogniser, many streams at once and
+    audio in pieces, gives each utterance its offline result: tokens, frames and score."""
+    from asrlib.evaluate import decode_offline
+    from asrlib.ngram import train_kneser_ney
+
+    torch.set_num_threads(1)
+    model = _model("tiny", seed=1)
+    rng = np.random.default_rng(0)
+    lm = train_kneser_ney([list(rng.integers(0, 12, rng.integers(1, 9))) for _ in range(60)],
+                          [f"p{i}" for i in range(12)], 3)
+    fusion = {"lm": lm, "lm_weight": 0.5, "token_bonus": 2.0}  # the bonus outweighs this random model's LM
+    waves = [_utterance(i) for i in range(5)]
+    offline = [decode_offline(model, [w], "rnnt_beam", beam=3, **fusion)[0] for w in waves]
+    rec = StreamingRecognizer(model, decoder="rnnt_beam", num_streams=streams, beam_size=3, **fusion)
+    many = rec.recognize_many(waves, piece_samples=700)
+    assert [r.tokens for r in many] == [r.tokens for r in offline]
+    assert [r.timestamps for r in many] == [r.timestamps for r in offline]
+    assert sum(len(r.tokens) for r in many) > 100
+    np.testing.assert_allclose([r.score for r in many], [r.score for r in offline], rtol=1e-4, atol=1e-3)
+    plain = [decode_offline(model, [w], "rnnt_beam", beam=3)[0] for w in waves]
+    assert [r.tokens for r in plain] != [r.tokens for r in offline]  # the model fused in changes something

@@ -5,6 +5,7 @@ from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import (
     RNNTBeamDecoder,
     RNNTBeamOptions,
+    RNNTBeamState,
     RNNTGreedyDecoder,
     RNNTGreedyOptions,
     RNNTGreedyState,
@@ -21,4 +22,5 @@ __all__ = [
     "RNNTGreedyState",
     "RNNTBeamDecoder",
     "RNNTBeamOptions",
+    "RNNTBeamState",
 ]

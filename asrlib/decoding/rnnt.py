@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -203,6 +204,57 @@ class RNNTBeamOptions:
     blank: int  # id of the blank unit (asrlib: V, the last output)
     beam_size: int = 4  # hypotheses kept after every frame
     max_symbols_per_frame: int = 5  # tokens one frame may emit (as greedy's); 1 = icefall's modified beam search
+    lm: Any = None  # a token-level language model for shallow fusion (asrlib.ngram.NgramLM), or None
+    lm_weight: float = 0.0  # its log-probabilities' weight in the score
+    token_bonus: float = 0.0  # added for every token emitted (offsets the deletions a language model brings)
+
+
+@dataclass
+class RNNTBeamState:
+    """Everything beam search carries from one chunk of encoder frames to the next, per stream:
+    its hypotheses (token sequence and timestamps), their scores, and the prediction network's
+    state and output (A, Dp) after each (batched over that stream's hypotheses).
+
+    ``ends`` is each hypothesis' score for ending here (lm_weight * log p_LM(</s> | tokens);
+    0 without a language model): the best hypothesis, which ``tokens``, ``timestamps`` and
+    ``scores`` give per stream, is the best one if the utterance ended now."""
+
+    hyps: list[list[tuple[tuple[int, ...], tuple[int, ...]]]]
+    hyp_scores: list[list[float]]
+    ends: list[list[float]]
+    pred_state: list[Any]
+    pred_out: list[Tensor]
+
+    def _best(self, i: int) -> int:
+        totals = [s + e for s, e in zip(self.hyp_scores[i], self.ends[i])]
+        return max(range(len(totals)), key=totals.__getitem__)
+
+    @property
+    def tokens(self) -> list[list[int]]:
+        return [list(h[self._best(i)][0]) for i, h in enumerate(self.hyps)]
+
+    @property
+    def timestamps(self) -> list[list[int]]:
+        return [list(h[self._best(i)][1]) for i, h in enumerate(self.hyps)]
+
+    @property
+    def scores(self) -> list[float]:
+        return [self.hyp_scores[i][k] + self.ends[i][k] for i, k in ((i, self._best(i)) for i in range(len(self.hyps)))]
+
+    def select(self, rows: list[int]) -> "RNNTBeamState":
+        """The state of streams ``rows``."""
+        return RNNTBeamState(*([getattr(self, f)[r] for r in rows] for f in _BEAM_FIELDS))
+
+    def scatter(self, rows: list[int], sub: "RNNTBeamState") -> "RNNTBeamState":
+        """A copy with streams ``rows`` replaced by ``sub`` (a ``select`` result, advanced)."""
+        fields = [list(getattr(self, f)) for f in _BEAM_FIELDS]
+        for k, r in enumerate(rows):
+            for f, values in zip(_BEAM_FIELDS, fields):
+                values[r] = getattr(sub, f)[k]
+        return RNNTBeamState(*fields)
+
+
+_BEAM_FIELDS = ("hyps", "hyp_scores", "ends", "pred_state", "pred_out")
 
 
 def _close(closed: dict, hyps: list, end_scores: list[float], r: int) -> None:
@@ -215,7 +267,9 @@ def _close(closed: dict, hyps: list, end_scores: list[float], r: int) -> None:
 
 class RNNTBeamDecoder:
     """Beam search over the lattice greedy search walks: up to ``max_symbols_per_frame`` tokens
-    per frame, then a blank (or the cap) ends the frame. One utterance at a time.
+    per frame, then a blank (or the cap) ends the frame. Each stream (utterance) is searched on
+    its own; like greedy search it runs chunk by chunk (``init_state``, ``decode_chunk``), and
+    ``decode`` is one chunk of the whole utterance, so streaming gives the same result.
 
     Each frame runs in rounds. In round r every still-open hypothesis (r tokens on this frame)
     is scored for all symbols at once (one joint call, (A, V + 1)): its blank closes it for the
@@ -225,6 +279,11 @@ class RNNTBeamDecoder:
     same cap) and the ``beam_size`` best survive. An open one is kept only among the
     ``beam_size`` best of its round and while it beats the worst closed survivor, since
     further symbols only lower a score. At the cap the open ones close without a blank.
+
+    With a language model (``lm``, shallow fusion) a token's score is its log-prob plus
+    ``lm_weight`` x log p_LM(token | the tokens before it) plus ``token_bonus``, and a
+    hypothesis ends with ``lm_weight`` x log p_LM(</s> | its tokens): ``score`` is then that
+    sum, no longer a probability. Without one, and with no bonus, nothing changes.
 
     With ``max_symbols_per_frame = 1`` this is icefall's ``modified_beam_search``. That is too
     tight for letters: at 25 frames per second a word boundary and a fast speaker need several
@@ -236,60 +295,119 @@ class RNNTBeamDecoder:
             raise ValueError(f"beam_size must be >= 1, got {options.beam_size}")
         if options.max_symbols_per_frame < 1:
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {options.max_symbols_per_frame}")
+        if options.lm is not None and options.lm.vocab_size != options.blank:
+            raise ValueError(f"the language model has {options.lm.vocab_size} pieces and the model {options.blank}: "
+                             "build it with the model's tokenizer")
         self.options = options
+
+    @torch.no_grad()
+    def init_state(self, batch: int, pred_net: Any, device: torch.device | str = "cpu") -> RNNTBeamState:
+        streams = []
+        for _ in range(batch):
+            pred_state, pred_out = _prime(pred_net, 1, self.options.blank, torch.device(device))
+            streams.append(([((), ())], [0.0], [self._end(())], pred_state, pred_out))
+        return RNNTBeamState(*(list(x) for x in zip(*streams)))
+
+    @torch.no_grad()
+    def decode_chunk(
+        self,
+        pred_net: Any,
+        joint: Any,
+        enc_chunk: Tensor,
+        state: RNNTBeamState,
+        frame_offset: int | list[int] = 0,
+        lengths: Tensor | None = None,
+    ) -> RNNTBeamState:
+        """Continue every stream over its frames of ``enc_chunk`` (B, Tc, De), the first of
+        which is frame ``frame_offset`` (one int, or one per stream); ``lengths`` (B,) counts
+        each stream's valid frames (default: all Tc). Returns a new state."""
+        _check_enc(enc_chunk, lengths)
+        batch, n_frames = enc_chunk.shape[0], enc_chunk.shape[1]
+        valid = [n_frames] * batch if lengths is None else [int(x) for x in lengths.tolist()]
+        offsets = [frame_offset] * batch if isinstance(frame_offset, int) else list(frame_offset)
+        if len(state.hyps) != batch:
+            raise ValueError(f"the state has {len(state.hyps)} streams and the chunk {batch}")
+        hyps, scores, ends, pred_state, pred_out = (list(getattr(state, f)) for f in _BEAM_FIELDS)
+        for b in range(batch):
+            e = joint.project_encoder(enc_chunk[b, : valid[b]])  # (T_b, J)
+            if e.shape[0] == 0:
+                continue
+            search = (hyps[b], scores[b], pred_state[b], pred_out[b],
+                      joint.project_prediction(pred_out[b]))
+            for t in range(e.shape[0]):
+                search = self._frame(pred_net, joint, e[t], offsets[b] + t, *search)
+            hyps[b], scores[b], pred_state[b], pred_out[b], _ = search
+            ends[b] = [self._end(seq) for seq, _ in hyps[b]]
+        return RNNTBeamState(hyps, scores, ends, pred_state, pred_out)
 
     @torch.no_grad()
     def decode(
         self, pred_net: Any, joint: Any, enc: Tensor, lengths: Tensor, detokenize: Detokenize | None = None
     ) -> list[DecodingResult]:
         _check_enc(enc, lengths)
-        results = []
-        for b, n in enumerate(lengths.tolist()):
-            tokens, stamps, score = self._search(pred_net, joint, enc[b : b + 1, :n])
-            results.append(DecodingResult(tokens, stamps, score, detokenize(tokens) if detokenize else ""))
-        return results
+        state = self.init_state(enc.shape[0], pred_net, enc.device)
+        state = self.decode_chunk(pred_net, joint, enc, state, 0, lengths)
+        return self.results(state, detokenize)
 
-    def _search(self, pred_net: Any, joint: Any, enc: Tensor) -> tuple[list[int], list[int], float]:
-        """One utterance, enc (1, T, De) -> best (tokens, timestamps, log-prob)."""
+    @staticmethod
+    def results(state: RNNTBeamState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """Each stream's best hypothesis, were its utterance to end now."""
+        return [
+            DecodingResult(tok, ts, score, detokenize(tok) if detokenize else "")
+            for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)
+        ]
+
+    def _end(self, seq: tuple[int, ...]) -> float:
+        lm = self.options.lm
+        return 0.0 if lm is None else self.options.lm_weight * float(lm.logprobs(lm.context(seq))[lm.eos])
+
+    def _lm_rows(self, seqs: list[tuple[int, ...]]) -> Tensor:
+        """(A, V) lm_weight * log p_LM(token | seq) for each hypothesis' token sequence."""
+        lm = self.options.lm
+        rows = np.stack([lm.logprobs(lm.context(seq))[: lm.vocab_size] for seq in seqs])
+        return torch.from_numpy(rows).float() * self.options.lm_weight
+
+    def _frame(self, pred_net: Any, joint: Any, e_t: Tensor, stamp: int, hyps: list, scores: list[float],
+               pred_state: Any, pred_out: Tensor, pred_proj: Tensor) -> tuple[list, list[float], Any, Tensor, Tensor]:
+        """One frame of one stream: e_t (J,) the projected encoder frame; the hypotheses (A of
+        them), their scores, prediction states, outputs (A, Dp) and projections (A, J) in and out."""
         blank, beam, cap = self.options.blank, self.options.beam_size, self.options.max_symbols_per_frame
-        dev = enc.device
-        pred_state, pred_out = _prime(pred_net, 1, blank, dev)
-        pred_proj = joint.project_prediction(pred_out)  # (K, J), K = 1 hypothesis
-        hyps: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())]  # (tokens, timestamps)
-        scores = [0.0]
-        e = joint.project_encoder(enc)[0]  # (T, J)
-        for t in range(e.shape[0]):
-            # closed: seq -> (score, stamps, round, row of that round's states)
-            closed: dict[tuple[int, ...], tuple[float, tuple[int, ...], int, int]] = {}
-            rounds = []  # (pred_state, pred_proj) of each round's open hypotheses
-            for r in range(cap + 1):
-                rounds.append((pred_state, pred_proj))
-                if r == cap:  # the cap closes the frame without a blank
-                    _close(closed, hyps, scores, r)
-                    break
-                logp = joint.combine(e[t][None], pred_proj).float().log_softmax(dim=-1).cpu()  # (A, V + 1)
-                _close(closed, hyps, [sc + float(lp) for sc, lp in zip(scores, logp[:, blank])], r)
-                ranked = sorted(closed.values(), key=lambda c: -c[0])[:beam]
-                floor = ranked[-1][0] if len(ranked) == beam else -math.inf
-                closed = {k: c for k, c in closed.items() if c[0] >= floor}
-                tok = logp.clone()
-                tok[:, blank] = -math.inf
-                total = (torch.tensor(scores)[:, None] + tok).flatten()  # (A * (V + 1),)
-                top_s, top_i = total.topk(min(beam, total.numel()))
-                grow = [(s, divmod(i, tok.shape[1])) for s, i in zip(top_s.tolist(), top_i.tolist()) if s > floor]
-                if not grow:
-                    break
-                parents = torch.tensor([a for _, (a, _) in grow], device=dev)
-                symbols = torch.tensor([v for _, (_, v) in grow], device=dev)
-                out, pred_state = pred_net.step(symbols, st.select(pred_state, parents))  # (A', Dp)
-                pred_proj = joint.project_prediction(out).to(pred_proj.dtype)  # (A', J)
-                hyps = [(hyps[a][0] + (v,), hyps[a][1] + (t,)) for _, (a, v) in grow]
-                scores = [s for s, _ in grow]
-            ranked = sorted(closed.items(), key=lambda kv: -kv[1][0])[:beam]
-            hyps = [(seq, stamps) for seq, (_, stamps, _, _) in ranked]
-            scores = [c[0] for _, c in ranked]
-            rows = [(r, a) for _, (_, _, r, a) in ranked]  # where each survivor's prediction state is
-            pred_state = st.concat([st.select(rounds[r][0], torch.tensor([a], device=dev)) for r, a in rows])
-            pred_proj = torch.cat([rounds[r][1][a : a + 1] for r, a in rows])
-        best = max(range(len(scores)), key=scores.__getitem__)
-        return list(hyps[best][0]), list(hyps[best][1]), scores[best]
+        dev = e_t.device
+        # closed: seq -> (score, stamps, round, row of that round's states)
+        closed: dict[tuple[int, ...], tuple[float, tuple[int, ...], int, int]] = {}
+        rounds = []  # (pred_state, pred_out, pred_proj) of each round's open hypotheses
+        for r in range(cap + 1):
+            rounds.append((pred_state, pred_out, pred_proj))
+            if r == cap:  # the cap closes the frame without a blank
+                _close(closed, hyps, scores, r)
+                break
+            logp = joint.combine(e_t[None], pred_proj).float().log_softmax(dim=-1).cpu()  # (A, V + 1)
+            _close(closed, hyps, [sc + float(lp) for sc, lp in zip(scores, logp[:, blank])], r)
+            ranked = sorted(closed.values(), key=lambda c: -c[0])[:beam]
+            floor = ranked[-1][0] if len(ranked) == beam else -math.inf
+            closed = {k: c for k, c in closed.items() if c[0] >= floor}
+            tok = logp.clone()
+            tok[:, blank] = -math.inf
+            if self.options.lm is not None:  # shallow fusion
+                tok[:, :blank] += self._lm_rows([seq for seq, _ in hyps])
+            tok[:, :blank] += self.options.token_bonus
+            total = (torch.tensor(scores)[:, None] + tok).flatten()  # (A * (V + 1),)
+            top_s, top_i = total.topk(min(beam, total.numel()))
+            grow = [(s, divmod(i, tok.shape[1])) for s, i in zip(top_s.tolist(), top_i.tolist()) if s > floor]
+            if not grow:
+                break
+            parents = torch.tensor([a for _, (a, _) in grow], device=dev)
+            symbols = torch.tensor([v for _, (_, v) in grow], device=dev)
+            out, pred_state = pred_net.step(symbols, st.select(pred_state, parents))  # (A', Dp)
+            pred_out = out.to(pred_out.dtype)
+            pred_proj = joint.project_prediction(out).to(pred_proj.dtype)  # (A', J)
+            hyps = [(hyps[a][0] + (v,), hyps[a][1] + (stamp,)) for _, (a, v) in grow]
+            scores = [s for s, _ in grow]
+        ranked = sorted(closed.items(), key=lambda kv: -kv[1][0])[:beam]
+        hyps = [(seq, stamps) for seq, (_, stamps, _, _) in ranked]
+        scores = [c[0] for _, c in ranked]
+        rows = [(r, a) for _, (_, _, r, a) in ranked]  # where each survivor's prediction state is
+        pred_state = st.concat([st.select(rounds[r][0], torch.tensor([a], device=dev)) for r, a in rows])
+        pred_out = torch.cat([rounds[r][1][a : a + 1] for r, a in rows])
+        pred_proj = torch.cat([rounds[r][2][a : a + 1] for r, a in rows])
+        return hyps, scores, pred_state, pred_out, pred_proj

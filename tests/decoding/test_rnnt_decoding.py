@@ -312,3 +312,100 @@ def test_beam_emits_several_tokens_on_one_frame_where_the_script_needs_them():
 def test_beam_rejects_a_cap_below_one():
     with pytest.raises(ValueError, match="max_symbols_per_frame"):
         RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, max_symbols_per_frame=0))
+
+
+# ---------------------------------------------------------------- shallow fusion with a language model
+class BigramLM:
+    """A random bigram model over the V tokens and </s> (= V), the interface RNNTBeamDecoder
+    uses: the context is the last token (or V + 1 = <s> at the start)."""
+
+    vocab_size, eos = V, V
+
+    def __init__(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.table = (2.0 * torch.randn(V + 2, V + 1, generator=g)).log_softmax(-1).double().numpy()
+
+    def context(self, tokens):
+        return (tokens[-1],) if len(tokens) else (V + 1,)
+
+    def logprobs(self, ctx):
+        return self.table[ctx[0]]
+
+    def fused(self, tokens, weight, bonus):
+        """weight * log p_LM(tokens, </s>) + bonus * len(tokens): what fusion adds to a path."""
+        lp = sum(self.logprobs(self.context(tokens[:i]))[w] for i, w in enumerate([*tokens, self.eos]))
+        return weight * lp + bonus * len(tokens)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("cap", [1, 2])
+@pytest.mark.parametrize("weight, bonus", [(0.6, 0.0), (1.5, 0.8), (0.0, -0.5)])
+def test_exhaustive_beam_with_a_language_model_equals_brute_force(seed, cap, weight, bonus):
+    """The best path by acoustic log-prob + weight * LM log-prob (</s> included) + bonus per
+    token, over every path: the search finds it and reports that score."""
+    T = {1: 4, 2: 3}[cap]
+    pred, joint, enc = small_model(seed)
+    enc = enc[:1, :T]  # (1, T, De)
+    lm = BigramLM(seed + 10)
+    with torch.no_grad():
+        paths = all_paths_capped(pred, joint, enc[0], cap)
+    fused = [(s + lm.fused(list(toks), weight, bonus), toks) for s, toks in paths]
+    best_score, best_tokens = max(fused)
+    opts = RNNTBeamOptions(blank=BLANK, beam_size=10**6, max_symbols_per_frame=cap, lm=lm if weight else None,
+                           lm_weight=weight, token_bonus=bonus)
+    (res,) = RNNTBeamDecoder(opts).decode(pred, joint, enc, torch.tensor([T]))
+    assert tuple(res.tokens) == best_tokens
+    assert res.score == pytest.approx(best_score, abs=1e-5)
+
+
+def test_the_language_model_moves_the_best_path():
+    """The cases above mean something: on these models the fused best path is not the
+    acoustic one (for most seeds)."""
+    moved = 0
+    for seed in range(3):
+        pred, joint, enc = small_model(seed)
+        lm = BigramLM(seed + 10)
+        with torch.no_grad():
+            paths = all_paths_capped(pred, joint, enc[0, :4], 1)
+        plain = max(paths)[1]
+        fused = max((s + lm.fused(list(t), 1.5, 0.8), t) for s, t in paths)[1]
+        moved += fused != plain
+    assert moved >= 2
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 13])
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_beam_in_chunks_equals_whole(chunk, with_lm):
+    """decode_chunk over pieces of the encoder output (each stream its own length) gives what
+    one call on the whole gives: streaming beam search, language model included."""
+    pred, joint, enc = small_model(4)
+    lengths = torch.tensor([13, 5, 10])
+    lm = BigramLM(2) if with_lm else None
+    dec = RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, beam_size=3, max_symbols_per_frame=2, lm=lm,
+                                          lm_weight=0.8 if with_lm else 0.0, token_bonus=0.3 if with_lm else 0.0))
+    whole = dec.decode(pred, joint, enc, lengths)
+    state = dec.init_state(3, pred)
+    for t0 in range(0, enc.shape[1], chunk):
+        piece = enc[:, t0 : t0 + chunk]  # (B, chunk, De)
+        valid = (lengths - t0).clamp(0, piece.shape[1])  # (B,)
+        state = dec.decode_chunk(pred, joint, piece, state, frame_offset=t0, lengths=valid)
+    for w, c in zip(whole, dec.results(state)):
+        assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
+        assert c.score == pytest.approx(w.score, abs=1e-5)
+    # streams taken apart and put back (what the recogniser does with the streams that are ready)
+    state = dec.init_state(3, pred)
+    sub = dec.decode_chunk(pred, joint, enc[[2, 0], :7], state.select([2, 0]), frame_offset=0,
+                           lengths=torch.tensor([7, 7]))
+    state = dec.decode_chunk(pred, joint, enc[:, :5], state, frame_offset=0, lengths=torch.tensor([0, 5, 0]))
+    state = state.scatter([2, 0], sub)
+    state = dec.decode_chunk(pred, joint, enc[:, 7:], state, frame_offset=7, lengths=torch.tensor([6, 0, 3]))
+    for w, c in zip(whole, dec.results(state)):
+        assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
+
+
+def test_beam_rejects_a_language_model_of_another_vocabulary():
+    class Wide(BigramLM):
+        vocab_size = V + 1
+
+    with pytest.raises(ValueError, match="language model has 4 pieces and the model 3"):
+        RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, lm=Wide(0), lm_weight=0.5))
