@@ -11,6 +11,10 @@ with two threads.
 Writes into ``--out``: checkpoints/, tensorboard/, best_model/ (exported weights),
 metrics.jsonl (training curves), metrics.json (the final table) and curves.png. Running it
 again resumes from the last checkpoint (a finished run only re-evaluates).
+
+``--lm-order N`` (``make demo DATA=an4`` passes 8) also counts an N-gram model of the training
+manifests' texts (:mod:`asrlib.ngram`; written to ``--out``/lm.arpa) and adds the rows of RNN-T
+beam search with it fused in, offline and streaming (``--lm-weight``, ``--token-bonus``).
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", action="append", default=None,
                    help="manifests to evaluate (default: every test*.jsonl beside the training manifests, "
                         "else the validation manifests)")
+    p.add_argument("--lm-order", type=int, default=0, help="> 0: add beam search + an n-gram model of the "
+                   "training text to the table")
+    p.add_argument("--lm-weight", type=float, default=0.3)
+    p.add_argument("--token-bonus", type=float, default=0.5)
     args = p.parse_args(argv)
 
     from asrlib.checkpoint import load_model
@@ -107,13 +115,22 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train_dataset.train_manifest, cfg.validation_dataset.validation_manifest)
     model, tok_path = load_model(out / "best_model")
     tokenizer = Tokenizer(tok_path)
+    fusion = {}
+    if args.lm_order > 0:
+        from asrlib.ngram import train_kneser_ney
+
+        entries, _ = read_manifest(cfg.train_dataset.train_manifest, check_audio=False)
+        lm = train_kneser_ney([tokenizer.encode(e.text) for e in entries], tokenizer.pieces(), args.lm_order)
+        lm.save_arpa(out / "lm.arpa")
+        fusion = {"lm": lm, "lm_weight": args.lm_weight, "token_bonus": args.token_bonus}
+    runs = [("rnnt_greedy", False, {}), ("ctc_greedy", False, {}), ("rnnt_greedy", True, {})]
+    runs += [("rnnt_beam", False, fusion), ("rnnt_beam", True, fusion)] if fusion else []
     table = {}
     for name, manifest in tests.items():
-        for decoder in ("rnnt_greedy", "ctc_greedy"):
-            r = evaluate_manifest(model, tokenizer, manifest, decoder)
-            table[f"{name}/{decoder}"] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
-        r = evaluate_manifest(model, tokenizer, manifest, "rnnt_greedy", stream=True, piece_samples=1600)
-        table[f"{name}/rnnt_greedy_stream"] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
+        for decoder, stream, options in runs:
+            r = evaluate_manifest(model, tokenizer, manifest, decoder, stream=stream, piece_samples=1600, **options)
+            row = f"{name}/{decoder}{'_lm' if options else ''}{'_stream' if stream else ''}"
+            table[row] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
     summary = {"steps": trainer.progress.step, "train_minutes_this_run": train_minutes,
                "best_validation_wer": trainer.progress.best_wer, "results": table}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -122,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'split/decoder':<36}{'WER %':>8}{'CER %':>8}{'utts':>6}{'RTF':>8}")
     for key, r in table.items():
         print(f"{key:<36}{100 * r['wer']:>8.2f}{100 * r['cer']:>8.2f}{r['num_utterances']:>6}{r['rtf']:>8.3f}")
+    if fusion:
+        print(f"rnnt_beam_lm: beam 4 + the {args.lm_order}-gram model of the training text ({out}/lm.arpa), "
+              f"weight {args.lm_weight:g}, token bonus {args.token_bonus:g}")
     print(f"\ntrained {trainer.progress.step} steps ({train_minutes:.1f} min in this run)")
-    print(f"wrote {out}/: checkpoints/, best_model/, tensorboard/, metrics.json, {png.name}")
+    print(f"wrote {out}/: checkpoints/, best_model/, tensorboard/, metrics.json, {png.name}"
+          + (", lm.arpa" if fusion else ""))
     example = read_manifest(next(iter(tests.values())))[0][0].audio_filepath
     print(f"try:  .venv/bin/asrlib transcribe --checkpoint {out}/best_model --stream {example}")
     return 0
