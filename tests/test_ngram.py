@@ -183,3 +183,14 @@ def test_cli_counts_manifest_and_text(tmp_path, capsys):
     before = both.read_bytes()
     assert main(["--tokenizer", str(tok), "--text", str(text), "--out", str(both)]) == 2  # never overwritten
     assert both.read_bytes() == before
+
+
+def test_the_shipped_an4_language_model_is_what_its_command_builds(tmp_path):
+    """models/an4/lm.arpa comes from the command in models/an4/README.md, byte for byte."""
+    shipped = ROOT / "models" / "an4" / "lm.arpa"
+    if not shipped.is_file():
+        pytest.skip("models/an4/lm.arpa not built")
+    out = tmp_path / "lm.arpa"
+    assert main(["--tokenizer", str(ROOT / "models" / "an4" / "tokenizer.model"), "--manifest",
+                 str(ROOT / "data_samples" / "an4" / "train.jsonl"), "--order", "8", "--out", str(out)]) == 0
+    assert out.read_bytes() == shipped.read_bytes()

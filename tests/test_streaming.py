@@ -342,3 +342,20 @@ def test_beam_search_with_a_language_model_streams_what_it_decodes_offline(strea
     np.testing.assert_allclose([r.score for r in many], [r.score for r in offline], rtol=1e-4, atol=1e-3)
     plain = [decode_offline(model, [w], "rnnt_beam", beam=3)[0] for w in waves]
     assert [r.tokens for r in plain] != [r.tokens for r in offline]  # the model fused in changes something
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "an4" / "lm.arpa").is_file(), reason="models/an4 not built")
+def test_transcribe_with_a_language_model_streams_the_offline_text(capsys):
+    """`asrlib transcribe --decoder rnnt_beam --lm` offline, streamed, and streamed through the
+    long-file path give one text; the shipped model and its shipped language model load together."""
+    from asrlib.transcribe import main
+
+    an4 = ROOT / "models" / "an4"
+    entries, _ = read_manifest(ROOT / "data_samples" / "an4" / "dev.jsonl")
+    audio = str(entries[5].audio_filepath)
+    common = ["--checkpoint", str(an4), "--decoder", "rnnt_beam", "--lm", str(an4 / "lm.arpa")]
+    texts = []
+    for extra in ([], ["--stream"], ["--max-offline-seconds", "0.5"]):
+        assert main([*common, *extra, audio]) == 0
+        texts.append(capsys.readouterr().out.strip().splitlines()[-1].split("\t")[1])
+    assert texts[0] and texts[0] == texts[1] == texts[2], texts
