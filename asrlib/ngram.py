@@ -137,7 +137,10 @@ class NgramLM:
         ids = {p: i for i, p in enumerate(pieces)}
         eos, bos = len(pieces), len(pieces) + 1
         ids[EOS], ids[BOS] = eos, bos
-        grams: dict[int, list[tuple[tuple[int, ...], float]]] = defaultdict(list)
+        unigrams: dict[int, float] = {}
+        # per order, context -> (next ids, their log10 probabilities), grouped while reading
+        grouped: dict[int, dict[tuple[int, ...], tuple[list[int], list[float]]]] = defaultdict(dict)
+        listed_per_order: dict[int, int] = defaultdict(int)
         backoffs: dict[tuple[int, ...], float] = {}
         counts: dict[int, int] = {}
         order, section = 0, None
@@ -161,34 +164,37 @@ class NgramLM:
                     if len(fields) not in (section + 1, section + 2):
                         raise NgramError(f"{path}:{n}: expected a log10 probability, {section} words and "
                                          "an optional back-off weight; is this an ARPA file?")
-                    words = fields[1 : section + 1]
-                    unknown = [w for w in words if w not in ids]
-                    if unknown:
-                        raise NgramError(f"{path}:{n}: '{unknown[0]}' is not a piece of the tokenizer: build the "
-                                         "language model from text tokenised with the same tokenizer")
-                    gram = tuple(ids[w] for w in words)
-                    grams[section].append((gram, float(fields[0])))
+                    try:
+                        gram = tuple([ids[w] for w in fields[1 : section + 1]])
+                    except KeyError as e:
+                        raise NgramError(f"{path}:{n}: '{e.args[0]}' is not a piece of the tokenizer: build the "
+                                         "language model from text tokenised with the same tokenizer") from None
+                    listed_per_order[section] += 1
+                    if section == 1:
+                        unigrams[gram[0]] = float(fields[0])
+                    else:
+                        nexts = grouped[section].setdefault(gram[:-1], ([], []))
+                        nexts[0].append(gram[-1])
+                        nexts[1].append(float(fields[0]))
                     if len(fields) == section + 2:
                         backoffs[gram] = float(fields[-1])
-        if order == 0 or not grams[1]:
+        if order == 0 or not unigrams:
             raise NgramError(f"{path}: no \\data\\ section or no unigrams: not an ARPA file")
         for k, c in counts.items():
-            if len(grams[k]) != c:
-                raise NgramError(f"{path}: the header says {c} {k}-grams, the file lists {len(grams[k])}")
-        listed = {g[0]: lp for g, lp in grams[1]}
-        unk_lp = listed.get(ids.get(UNK, -1))
-        missing = [i for i in range(eos + 1) if i not in listed]
+            if listed_per_order[k] != c:
+                raise NgramError(f"{path}: the header says {c} {k}-grams, the file lists {listed_per_order[k]}")
+        unk_lp = unigrams.get(ids.get(UNK, -1))
+        missing = [i for i in range(eos + 1) if i not in unigrams]
         if missing and unk_lp is None:
             raise NgramError(f"{path}: piece '{(list(pieces) + [EOS])[missing[0]]}' has no unigram and the file "
                              "has no <unk> to stand for it")
-        unigram = np.array([listed.get(i, unk_lp) for i in range(eos + 1)], dtype=np.float64)
+        unigram = np.array([unigrams.get(i, unk_lp) for i in range(eos + 1)], dtype=np.float64)
         probs: list[dict] = [{}, {}]
         for k in range(2, order + 1):
-            by_ctx: dict[tuple[int, ...], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
-            for gram, lp in grams[k]:
-                by_ctx[gram[:-1]][0].append(gram[-1])
-                by_ctx[gram[:-1]][1].append(lp)
-            probs.append({c: (np.array(w), np.array(lp)) for c, (w, lp) in by_ctx.items()})
+            table = grouped.pop(k, {})
+            for ctx, (w, lp) in table.items():  # in place: one context's lists at a time become arrays
+                table[ctx] = (np.array(w, dtype=np.int32), np.array(lp, dtype=np.float32))
+            probs.append(table)
         return cls(order, pieces, probs, backoffs, unigram)
 
 

@@ -12,6 +12,11 @@ language model; offline and streaming; prints JSON.
    steps included, 100 ms pieces); the median of ``--repeats`` passes, with the WER as a check
    that the passes decode what ``asrlib evaluate`` does. ``rtf_over_greedy`` is each decoder's
    offline decoder-only RTF over greedy's, from the same run.
+
+``--scale-pieces N`` measures only what counting costs at a larger scale: a synthetic text of N
+pieces (``--scale-vocab`` pieces, a Zipf-skewed Markov chain, sentences of 5-40 pieces) counted
+into an order ``--lm-order`` model: seconds, pieces per second, n-grams, ARPA size, seconds to
+read it back, and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -39,6 +44,42 @@ from asrlib.ngram import NgramLM, train_kneser_ney  # noqa: E402
 from asrlib.streaming import StreamingRecognizer  # noqa: E402
 
 
+def count_at_scale(n_pieces: int, vocab: int, order: int) -> dict:
+    import resource
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ranks = 1.0 / np.arange(1, vocab + 1)
+    zipf = ranks / ranks.sum()
+    sentences, made = [], 0
+    while made < n_pieces:  # each piece repeats, follows its predecessor's neighbour, or is drawn by Zipf
+        n = int(rng.integers(5, 41))
+        draws, choice = rng.choice(vocab, size=n, p=zipf), rng.random(n)
+        s = [int(draws[0])]
+        for k in range(1, n):
+            s.append(s[-1] if choice[k] < 0.1 else (s[-1] + 1) % vocab if choice[k] < 0.4 else int(draws[k]))
+        sentences.append(s)
+        made += n
+    pieces = [f"p{i}" for i in range(vocab)]
+    t0 = time.perf_counter()
+    lm = train_kneser_ney(sentences, pieces, order)
+    count_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lm.arpa"
+        lm.save_arpa(path)
+        size = path.stat().st_size
+        del lm
+        t0 = time.perf_counter()
+        lm = NgramLM.load_arpa(path, pieces)
+        read_s = time.perf_counter() - t0
+    ngrams = vocab + 2 + sum(len(ids) for k in range(2, lm.order + 1) for ids, _ in lm.probs[k].values())
+    return {"pieces": made, "sentences": len(sentences), "vocab": vocab, "order": order, "ngrams": ngrams,
+            "count_seconds": round(count_s, 1), "pieces_per_second": round(made / count_s),
+            "arpa_bytes": size, "read_seconds": round(read_s, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(ROOT / "models" / "an4"))
@@ -51,7 +92,12 @@ def main() -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
+    p.add_argument("--scale-pieces", type=int, default=0, help="only measure counting a synthetic text this long")
+    p.add_argument("--scale-vocab", type=int, default=1024)
     args = p.parse_args()
+    if args.scale_pieces:
+        print(json.dumps(count_at_scale(args.scale_pieces, args.scale_vocab, args.lm_order), indent=2))
+        return 0
     torch.set_num_threads(1)
     model, tok = load_model_and_tokenizer(args.checkpoint, None, "cpu")
     sr = model.cfg.frontend.sample_rate
