@@ -28,9 +28,11 @@ import torch
 from asrlib.audio import load_audio
 
 
-def stream_file(rec, wave: np.ndarray, sample_rate: int, piece_samples: int, out=sys.stdout) -> dict:
-    """Stream ``wave`` through ``rec`` (reset first) in pieces, printing each new partial text;
-    return the text and timing figures (the final flush counts as one more piece)."""
+def stream_file(rec, wave: np.ndarray, sample_rate: int, piece_samples: int, out=None) -> dict:
+    """Stream ``wave`` through ``rec`` (reset first) in pieces, printing each new partial text to
+    ``out`` (default: the ``sys.stdout`` of the moment, not of the import); return the text and
+    timing figures (the final flush counts as one more piece)."""
+    out = sys.stdout if out is None else out
     rec.reset()
     latencies, last, fed, result = [], "", 0, None
     t_start = t0 = time.perf_counter()
