@@ -283,7 +283,9 @@ class RNNTBeamDecoder:
     With a language model (``lm``, shallow fusion) a token's score is its log-prob plus
     ``lm_weight`` x log p_LM(token | the tokens before it) plus ``token_bonus``, and a
     hypothesis ends with ``lm_weight`` x log p_LM(</s> | its tokens): ``score`` is then that
-    sum, no longer a probability. Without one, and with no bonus, nothing changes.
+    sum, no longer a probability. Without one, and with no bonus, nothing changes. A bonus
+    larger than a token's cost lets a further symbol raise a score, so the pruning of open
+    hypotheses by the worst closed survivor is then one more approximation of the beam's.
 
     With ``max_symbols_per_frame = 1`` this is icefall's ``modified_beam_search``. That is too
     tight for letters: at 25 frames per second a word boundary and a fast speaker need several
