@@ -38,6 +38,15 @@ def _check_enc(enc: Tensor, lengths: Tensor | None) -> None:
         raise ValueError(f"lengths must have shape ({enc.shape[0]},) (one per utterance), got {tuple(lengths.shape)}")
 
 
+def _per_utterance(enc_chunk: Tensor, lengths: Tensor | None, frame_offset: int | list[int]) -> tuple[list[int], list[int]]:
+    """Each utterance's valid frames in the chunk (all Tc without ``lengths``) and the absolute
+    frame its first one is (``frame_offset``: one for all, or one each)."""
+    batch, n_frames = enc_chunk.shape[0], enc_chunk.shape[1]
+    valid = [n_frames] * batch if lengths is None else [int(x) for x in lengths.tolist()]
+    offsets = [frame_offset] * batch if isinstance(frame_offset, int) else list(frame_offset)
+    return valid, offsets
+
+
 def _prime(pred_net: Any, batch: int, blank: int, device: torch.device) -> tuple[Any, Tensor]:
     """Prediction state and output after the start symbol (the blank id): state, (B, Dp)."""
     state = pred_net.init_state(batch, device)
@@ -130,8 +139,7 @@ class RNNTGreedyDecoder:
         _check_enc(enc_chunk, lengths)
         blank, cap, window = self.options.blank, self.options.max_symbols_per_frame, self.options.lookahead_frames
         batch, n_frames = enc_chunk.shape[0], enc_chunk.shape[1]
-        valid = [n_frames] * batch if lengths is None else [int(x) for x in lengths.tolist()]
-        offsets = [frame_offset] * batch if isinstance(frame_offset, int) else list(frame_offset)
+        valid, offsets = _per_utterance(enc_chunk, lengths, frame_offset)
         tokens = [list(x) for x in state.tokens]
         stamps = [list(x) for x in state.timestamps]
         scores = list(state.scores)
@@ -324,9 +332,8 @@ class RNNTBeamDecoder:
         which is frame ``frame_offset`` (one int, or one per stream); ``lengths`` (B,) counts
         each stream's valid frames (default: all Tc). Returns a new state."""
         _check_enc(enc_chunk, lengths)
-        batch, n_frames = enc_chunk.shape[0], enc_chunk.shape[1]
-        valid = [n_frames] * batch if lengths is None else [int(x) for x in lengths.tolist()]
-        offsets = [frame_offset] * batch if isinstance(frame_offset, int) else list(frame_offset)
+        batch = enc_chunk.shape[0]
+        valid, offsets = _per_utterance(enc_chunk, lengths, frame_offset)
         if len(state.hyps) != batch:
             raise ValueError(f"the state has {len(state.hyps)} streams and the chunk {batch}")
         hyps, scores, ends, pred_state, pred_out = (list(getattr(state, f)) for f in _BEAM_FIELDS)

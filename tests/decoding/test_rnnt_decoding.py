@@ -124,18 +124,23 @@ def test_batched_greedy_equals_slow_loop_on_ragged_batch(seed, cap, lookahead):
     assert 0 in per_frame and max(per_frame) > 0  # the test exercises blanks and emissions
 
 
+def decode_in_chunks(dec, pred, joint, enc, lengths, chunk):
+    """dec's results after feeding enc (B, T, De) ``chunk`` frames at a time, as streaming does."""
+    state = dec.init_state(enc.shape[0], pred)
+    for t0 in range(0, enc.shape[1], chunk):
+        piece = enc[:, t0 : t0 + chunk]  # (B, chunk, De)
+        valid = (lengths - t0).clamp(0, piece.shape[1])  # (B,)
+        state = dec.decode_chunk(pred, joint, piece, state, frame_offset=t0, lengths=valid)
+    return dec.results(state)
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 7])
 def test_greedy_in_chunks_equals_whole(chunk):
     pred, joint, enc = small_model(3)
     lengths = torch.tensor([13, 5, 10])
     dec = RNNTGreedyDecoder(RNNTGreedyOptions(blank=BLANK, max_symbols_per_frame=3))
     whole = dec.decode(pred, joint, enc, lengths)
-    state = dec.init_state(3, pred)
-    for t0 in range(0, enc.shape[1], chunk):
-        piece = enc[:, t0 : t0 + chunk]  # (B, chunk, De)
-        valid = (lengths - t0).clamp(0, piece.shape[1])  # (B,)
-        state = dec.decode_chunk(pred, joint, piece, state, frame_offset=t0, lengths=valid)
-    for w, c in zip(whole, dec.results(state)):
+    for w, c in zip(whole, decode_in_chunks(dec, pred, joint, enc, lengths, chunk)):
         assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
         assert c.score == pytest.approx(w.score, abs=1e-5)
 
@@ -384,12 +389,7 @@ def test_beam_in_chunks_equals_whole(chunk, with_lm):
     dec = RNNTBeamDecoder(RNNTBeamOptions(blank=BLANK, beam_size=3, max_symbols_per_frame=2, lm=lm,
                                           lm_weight=0.8 if with_lm else 0.0, token_bonus=0.3 if with_lm else 0.0))
     whole = dec.decode(pred, joint, enc, lengths)
-    state = dec.init_state(3, pred)
-    for t0 in range(0, enc.shape[1], chunk):
-        piece = enc[:, t0 : t0 + chunk]  # (B, chunk, De)
-        valid = (lengths - t0).clamp(0, piece.shape[1])  # (B,)
-        state = dec.decode_chunk(pred, joint, piece, state, frame_offset=t0, lengths=valid)
-    for w, c in zip(whole, dec.results(state)):
+    for w, c in zip(whole, decode_in_chunks(dec, pred, joint, enc, lengths, chunk)):
         assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
         assert c.score == pytest.approx(w.score, abs=1e-5)
     # streams taken apart and put back (what the recogniser does with the streams that are ready)
