@@ -194,3 +194,19 @@ def test_the_shipped_an4_language_model_is_what_its_command_builds(tmp_path):
     assert main(["--tokenizer", str(ROOT / "models" / "an4" / "tokenizer.model"), "--manifest",
                  str(ROOT / "data_samples" / "an4" / "train.jsonl"), "--order", "8", "--out", str(out)]) == 0
     assert out.read_bytes() == shipped.read_bytes()
+
+
+def test_kenlm_reads_our_arpa_files_to_the_same_probabilities(tmp_path):
+    """KenLM (an independent ARPA reader, where installed: `pip install kenlm`) scores sentences,
+    seen and random, with the probabilities our back-off recursion gives."""
+    kenlm = pytest.importorskip("kenlm")
+    lm = train_kneser_ney(corpus(9, 120), PIECES, 5)  # the pip build of KenLM stops at order 6
+    path = tmp_path / "lm.arpa"
+    lm.save_arpa(path)
+    theirs = kenlm.Model(str(path))
+    rng = random.Random(1)
+    sentences = corpus(9, 30) + [[rng.randrange(V) for _ in range(rng.randint(0, 12))] for _ in range(100)]
+    for s in sentences:
+        words = " ".join(PIECES[i] for i in s)
+        assert theirs.score(words, bos=True, eos=True) == pytest.approx(lm.sentence_logprob(s) / math.log(10),
+                                                                        abs=1e-5)
