@@ -8,9 +8,10 @@ a letter-level model learns the spelling of words from them). Training text can 
 training manifests' transcripts and any plain text (one sentence per line): text without
 audio is what an external language model adds.
 
-Smoothing is interpolated Kneser-Ney with one discount per order (Chen & Goodman 1998,
-"An empirical study of smoothing techniques for language modeling", section 2.7 and their
-D = n1 / (n1 + 2 n2)), where every order but the highest counts, for an n-gram, how many
+Smoothing is Kneser-Ney (Kneser & Ney 1995) in the interpolated form Chen & Goodman (1998,
+"An empirical study of smoothing techniques for language modeling") describe, with one
+discount per order, D = n1 / (n1 + 2 n2) from the numbers of n-grams counted once and twice
+(Ney, Essen & Kneser 1994). Every order but the highest counts, for an n-gram, how many
 different pieces precede it ("continuation counts"; an n-gram that starts with ``<s>`` keeps
 its plain count, as nothing can precede it). The lowest order interpolates with the uniform
 distribution over the pieces and ``</s>``, so every piece has a probability::
