@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lm_order > 0:
         from asrlib.ngram import train_kneser_ney
 
-        entries, _ = read_manifest(cfg.train_dataset.train_manifest, check_audio=False)
-        lm = train_kneser_ney([tokenizer.encode(e.text) for e in entries], tokenizer.pieces(), args.lm_order)
+        trained_on = trainer.train_set.entries  # the utterances the trainer kept, read once already
+        lm = train_kneser_ney([tokenizer.encode(e.text) for e in trained_on], tokenizer.pieces(), args.lm_order)
         lm.save_arpa(out / "lm.arpa")
         fusion = {"lm": lm, "lm_weight": args.lm_weight, "token_bonus": args.token_bonus}
     runs = [("rnnt_greedy", False, {}), ("ctc_greedy", False, {}), ("rnnt_greedy", True, {})]

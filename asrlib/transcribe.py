@@ -21,6 +21,7 @@ import argparse
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,8 +102,6 @@ def _main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.onnx:
-        from pathlib import Path
-
         from asrlib.onnx_runtime import load_onnx_recognizer
 
         tok_path = Path(args.onnx) / "tokenizer.model"

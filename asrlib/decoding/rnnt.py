@@ -233,21 +233,24 @@ class RNNTBeamState:
     pred_state: list[Any]
     pred_out: list[Tensor]
 
-    def _best(self, i: int) -> int:
-        totals = [s + e for s, e in zip(self.hyp_scores[i], self.ends[i])]
-        return max(range(len(totals)), key=totals.__getitem__)
+    def _totals(self) -> list[list[float]]:
+        """Each stream's hypotheses' scores, ending included."""
+        return [[s + e for s, e in zip(sc, en)] for sc, en in zip(self.hyp_scores, self.ends)]
+
+    def _bests(self) -> list[int]:
+        return [max(range(len(t)), key=t.__getitem__) for t in self._totals()]
 
     @property
     def tokens(self) -> list[list[int]]:
-        return [list(h[self._best(i)][0]) for i, h in enumerate(self.hyps)]
+        return [list(h[k][0]) for h, k in zip(self.hyps, self._bests())]
 
     @property
     def timestamps(self) -> list[list[int]]:
-        return [list(h[self._best(i)][1]) for i, h in enumerate(self.hyps)]
+        return [list(h[k][1]) for h, k in zip(self.hyps, self._bests())]
 
     @property
     def scores(self) -> list[float]:
-        return [self.hyp_scores[i][k] + self.ends[i][k] for i, k in ((i, self._best(i)) for i in range(len(self.hyps)))]
+        return [max(t) for t in self._totals()]
 
     def select(self, rows: list[int]) -> "RNNTBeamState":
         """The state of streams ``rows``."""
