@@ -64,14 +64,23 @@ class PredictionNet(nn.Module):
     def forward(self, targets: Tensor) -> Tensor:
         sos = torch.full_like(targets[:, :1], self.blank)
         tokens = torch.cat([sos, targets], dim=1)  # (B, U + 1)
-        out, _ = self.lstm(self.dropout(self.embed(tokens)))
+        out, _ = self._lstm(self.dropout(self.embed(tokens)), None)
         return out  # (B, U + 1, hidden)
 
     def step(self, tokens: Tensor, state: PredictionState) -> tuple[Tensor, PredictionState]:
         x = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
         hc = (state.h.transpose(0, 1).contiguous(), state.c.transpose(0, 1).contiguous())
-        out, (h, c) = self.lstm(x, hc)  # h, c: (layers, B, hidden)
+        out, (h, c) = self._lstm(x, hc)  # h, c: (layers, B, hidden)
         return out[:, 0], PredictionState(h=h.transpose(0, 1), c=c.transpose(0, 1))
+
+    def _lstm(self, x: Tensor, hc: tuple[Tensor, Tensor] | None):
+        """The LSTM; on a CPU in float32 whatever autocast says. oneDNN has a bf16 LSTM only on
+        CPUs with AVX-512 (on an AVX2 one, such as an AMD EPYC, it fails to build the primitive),
+        and this small network costs little in float32. On a GPU autocast decides as usual."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.lstm(x.float(), None if hc is None else (hc[0].float(), hc[1].float()))
+        return self.lstm(x, hc)
 
 
 @dataclass

@@ -73,6 +73,26 @@ def test_lstm_forward_is_the_lstm_run_token_by_token():
             assert torch.allclose(net(y[n : n + 1])[0], torch.stack(outs), atol=1e-6)
 
 
+def test_lstm_runs_in_float32_under_cpu_autocast():
+    """bf16 autocast on a CPU leaves the LSTM in float32 (oneDNN builds a bf16 LSTM only with
+    AVX-512): the forward and the step give the float32 network's outputs, the training forward
+    has a gradient, and nothing fails on an AVX2 CPU."""
+    torch.manual_seed(4)
+    net = PredictionNet(V, PredictionConfig(embed_dim=8, hidden=12, dropout=0.0))
+    y = _targets()
+    with torch.no_grad():
+        ref = net(y)
+        ref_step, _ = net.step(y[:, 0], net.init_state(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(y)
+        with torch.no_grad():
+            step, state = net.step(y[:, 0], net.init_state(3))
+    assert out.dtype == step.dtype == state.h.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(step, ref_step, atol=1e-6)
+    out.sum().backward()
+    assert net.lstm.weight_ih_l0.grad is not None and torch.isfinite(net.lstm.weight_ih_l0.grad).all()
+
+
 def test_stateless_state_is_the_token_history():
     net = StatelessPredictionNet(V, PredictionConfig(kind="stateless", embed_dim=8, context=3))
     state = net.init_state(2)
