@@ -39,12 +39,11 @@ from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDec
 from asrlib.metrics import EditCounts, char_counts, error_report, word_counts
 from asrlib.model.hybrid import HybridASR
 from asrlib.ngram import add_decoding_arguments, decoding_options
-from asrlib.streaming import DECODERS as STREAM_DECODERS
+from asrlib.streaming import DECODERS
 from asrlib.streaming import StreamingRecognizer
 from asrlib.errors import UsageError, refuse_existing_file, report_usage_errors
 from asrlib.tokenizer import Tokenizer, TokenizerError
 
-DECODERS = ("ctc_greedy", "ctc_beam", "rnnt_greedy", "rnnt_beam")
 
 
 @torch.no_grad()
@@ -53,7 +52,8 @@ def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rn
                    token_bonus: float = 0.0) -> list[DecodingResult]:
     """Decode a list of waveforms (at the model's rate) as one padded batch. ``max_symbols`` caps
     the tokens an RNN-T decoder emits per encoder frame (greedy and beam alike); ``lm``,
-    ``lm_weight`` and ``token_bonus`` are rnnt_beam's shallow fusion (:class:`RNNTBeamOptions`)."""
+    ``lm_weight`` and ``token_bonus`` are the beam decoders' shallow fusion (:class:`RNNTBeamOptions`,
+    :class:`CTCPrefixBeamOptions`)."""
     lengths = torch.tensor([len(w) for w in waves])
     audio = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
     for b, w in enumerate(waves):
@@ -62,7 +62,8 @@ def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rn
     if decoder == "ctc_greedy":
         return CTCGreedyDecoder(CTCGreedyOptions(model.blank)).decode(model.ctc_head(enc), enc_lengths, detokenize)
     if decoder == "ctc_beam":
-        dec = CTCPrefixBeamDecoder(CTCPrefixBeamOptions(model.blank, beam_size=beam))
+        dec = CTCPrefixBeamDecoder(CTCPrefixBeamOptions(model.blank, beam_size=beam, lm=lm, lm_weight=lm_weight,
+                                                        token_bonus=token_bonus))
         return dec.decode(model.ctc_head(enc), enc_lengths, detokenize)
     if decoder == "rnnt_greedy":
         return RNNTGreedyDecoder(RNNTGreedyOptions(model.blank, max_symbols)).decode(
@@ -77,9 +78,6 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
                       beam: int = 4, stream: bool = False, piece_samples: int = 1600, batch_size: int = 16,
                       device: str = "cpu", streams: int = 16, max_symbols: int = 5, lm=None, lm_weight: float = 0.0,
                       token_bonus: float = 0.0) -> dict:
-    if stream and decoder not in STREAM_DECODERS:
-        raise UsageError(f"--stream decodes with {', '.join(STREAM_DECODERS)}, not {decoder}; drop --stream for "
-                         "CTC beam search")
     fusion = {"lm": lm, "lm_weight": lm_weight, "token_bonus": token_bonus}
     rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams, max_symbols_per_frame=max_symbols,
                                beam_size=beam, **fusion) if stream else None)

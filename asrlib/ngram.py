@@ -269,18 +269,19 @@ def train_kneser_ney(sentences: Iterable[Sequence[int]], pieces: Sequence[str], 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of shallow fusion, shared by ``asrlib evaluate`` and ``asrlib transcribe``."""
     p.add_argument("--lm", default=None, help="an ARPA n-gram model of the tokenizer's pieces (`asrlib ngram`), "
-                   "fused into --decoder rnnt_beam")
+                   "fused into --decoder rnnt_beam or ctc_beam")
     p.add_argument("--lm-weight", type=float, default=0.3, help="with --lm: weight of its log-probabilities")
     p.add_argument("--token-bonus", type=float, default=None,
-                   help="rnnt_beam: score added per emitted token (default 0.5 with --lm, else 0)")
+                   help="beam searches: score added per emitted token (default 0.5 with --lm, else 0)")
 
 
 def decoding_options(args: argparse.Namespace, pieces: Sequence[str]) -> dict:
     """``lm``, ``lm_weight`` and ``token_bonus`` for a beam decoder, from the flags above."""
     if args.lm is None and args.token_bonus is None:
         return {"lm": None, "lm_weight": 0.0, "token_bonus": 0.0}
-    if args.decoder != "rnnt_beam":
-        raise UsageError(f"--lm and --token-bonus are for --decoder rnnt_beam, not {args.decoder}")
+    if args.decoder not in ("rnnt_beam", "ctc_beam"):
+        raise UsageError(f"--lm and --token-bonus are for the beam searches (--decoder rnnt_beam or ctc_beam), "
+                         f"not {args.decoder}")
     lm = NgramLM.load_arpa(args.lm, pieces) if args.lm is not None else None
     bonus = args.token_bonus if args.token_bonus is not None else (0.5 if lm is not None else 0.0)
     return {"lm": lm, "lm_weight": args.lm_weight if lm is not None else 0.0, "token_bonus": bonus}

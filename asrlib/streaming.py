@@ -42,13 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions
+from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.model import state as st
 from asrlib.model.hybrid import HybridASR, StreamingConstants
 
-DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy")
+DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy", "ctc_beam")
 
 
 class StreamingBackend(Protocol):
@@ -182,10 +182,12 @@ class RNNTBeamStreamDecoder(RNNTStreamDecoder):
 
 
 class CTCStreamDecoder:
-    """Greedy CTC, chunk by chunk (the last frame's label carries over)."""
+    """Greedy CTC, chunk by chunk (the last frame's label carries over), or prefix beam search
+    (optionally with a language model) when ``options`` are given."""
 
-    def __init__(self, backend: StreamingBackend):
-        self.decoder = CTCGreedyDecoder(CTCGreedyOptions(backend.constants.blank))
+    def __init__(self, backend: StreamingBackend, options: CTCPrefixBeamOptions | None = None):
+        self.decoder = (CTCGreedyDecoder(CTCGreedyOptions(backend.constants.blank)) if options is None
+                        else CTCPrefixBeamDecoder(options))
 
     def init_state(self, n: int):
         return self.decoder.init_state(n)
@@ -210,9 +212,10 @@ class StreamingRecognizer:
     is stepped in eval mode and handed back in training mode. ``backend`` replaces the model
     (e.g. :class:`asrlib.onnx_runtime.OnnxStreamingBackend`). ``compile=True``: the model's
     step through ``torch.compile`` (see :class:`TorchStreamingBackend`). ``decoder="rnnt_beam"``
-    searches ``beam_size`` hypotheses per stream, with a language model for shallow fusion if
-    ``lm`` is given (:class:`asrlib.decoding.rnnt.RNNTBeamDecoder`); its partial result is the
-    best hypothesis so far, so, unlike greedy's, it may change its earlier words.
+    or ``"ctc_beam"`` searches ``beam_size`` hypotheses per stream, with a language model for
+    shallow fusion if ``lm`` is given (:class:`asrlib.decoding.rnnt.RNNTBeamDecoder`,
+    :class:`asrlib.decoding.ctc.CTCPrefixBeamDecoder`); its partial result is the best
+    hypothesis so far, so, unlike greedy's, it may change its earlier words.
     """
 
     def __init__(self, model: HybridASR | None = None, tokenizer=None, decoder: str = "rnnt_greedy",
@@ -231,8 +234,11 @@ class StreamingRecognizer:
         if decoder == "rnnt_beam":
             self.decoder = RNNTBeamStreamDecoder(self.backend, RNNTBeamOptions(
                 self.constants.blank, beam_size, max_symbols_per_frame, lm, lm_weight, token_bonus))
+        elif decoder == "ctc_beam":
+            self.decoder = CTCStreamDecoder(self.backend, CTCPrefixBeamOptions(
+                self.constants.blank, beam_size, lm=lm, lm_weight=lm_weight, token_bonus=token_bonus))
         elif lm is not None or token_bonus:
-            raise ValueError("a language model and a token bonus need decoder='rnnt_beam'")
+            raise ValueError("a language model and a token bonus need a beam decoder ('rnnt_beam' or 'ctc_beam')")
         else:
             self.decoder = (RNNTStreamDecoder(self.backend, max_symbols_per_frame) if decoder == "rnnt_greedy"
                             else CTCStreamDecoder(self.backend))

@@ -5,13 +5,13 @@
                                                                  then the final text, RTF, latency
     asrlib transcribe --onnx DIR --stream FILE…                 the same with onnxruntime only
     asrlib transcribe --checkpoint CK --decoder rnnt_beam --lm LM.arpa FILE…   beam search + n-gram LM
+                                                                 (or ctc_beam; with --stream too)
 
 CK is a training checkpoint or an exported folder (e.g. ``models/digits_demo``).
 
 Long files: offline decoding holds the whole file's features and activations, which grow with
 its length (about 1.5 GB at 20 minutes with the digits model). A file longer than
-``--max-offline-seconds`` (default 300) with a streaming decoder (greedy, or RNN-T beam search)
-is therefore decoded through the streaming step, fed 30 s at a time: the text is the same (streaming equals the full model,
+``--max-offline-seconds`` (default 300) is therefore decoded through the streaming step, fed 30 s at a time: the text is the same (streaming equals the full model,
 utterance by utterance: the project's central, tested property) and memory stays flat.
 """
 
@@ -67,7 +67,7 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+")
     p.add_argument("--stream", action="store_true", help="stream each file, printing partial hypotheses")
     p.add_argument("--decoder", default="rnnt_greedy", choices=("rnnt_greedy", "ctc_greedy", "ctc_beam", "rnnt_beam"),
-                   help="ctc_beam runs offline only")
+                   help="every decoder streams; the beam searches take --lm")
     p.add_argument("--beam", type=int, default=4, help="beam searches: hypotheses kept")
     p.add_argument("--max-symbols", type=int, default=5, help="RNN-T decoders: tokens one encoder frame may emit")
     p.add_argument("--piece-ms", type=float, default=160.0, help="audio fed per call when streaming")
@@ -85,12 +85,8 @@ def _main(argv: list[str] | None = None) -> int:
     add_decoding_arguments(p)
     args = p.parse_args(argv)
     from asrlib.errors import UsageError
-    from asrlib.streaming import DECODERS as STREAM_DECODERS
     from asrlib.tokenizer import Tokenizer
 
-    if (args.stream or args.onnx) and args.decoder not in STREAM_DECODERS:
-        raise UsageError(f"--decoder {args.decoder} runs offline only; streaming decodes with "
-                         f"{', '.join(STREAM_DECODERS)} (drop --stream for ctc_beam)")
     if args.max_symbols < 1:
         raise UsageError(f"--max-symbols must be at least 1, got {args.max_symbols}")
     if args.compile and (args.onnx or not args.stream):
@@ -119,9 +115,8 @@ def _main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
         fusion = decoding_options(args, tokenizer.pieces())
         sr = model.cfg.frontend.sample_rate
-        if args.stream or args.decoder in STREAM_DECODERS:
-            rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder, compile=args.compile,
-                                      max_symbols_per_frame=args.max_symbols, beam_size=args.beam, **fusion)
+        rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder, compile=args.compile,
+                                  max_symbols_per_frame=args.max_symbols, beam_size=args.beam, **fusion)
 
     for path in args.files:
         wave = load_audio(path, sr)
@@ -130,7 +125,7 @@ def _main(argv: list[str] | None = None) -> int:
             r = stream_file(rec, wave, sr, max(1, int(args.piece_ms * sr / 1000)))
             print(f"{path}\t{r['text']}\t(RTF {r['rtf']:.3f}, per-piece latency median "
                   f"{r['latency_ms_median']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms)")
-        elif len(wave) > args.max_offline_seconds * sr and args.decoder in STREAM_DECODERS:
+        elif len(wave) > args.max_offline_seconds * sr:
             rec.reset()
             res = rec.recognize(wave, 30 * sr)
             print(f"{path}\t{res.text}")

@@ -30,7 +30,9 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("evaluate", ["evaluate", "--checkpoint", str(tmp / "nope"), "--manifest", str(MANIFEST)]),  # missing checkpoint
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(empty)]),  # empty manifest
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--stream",
-                      "--decoder", "ctc_beam"]),  # a decoder streaming does not have
+                      "--decoder", "ctc_greedy", "--lm", str(lm)]),  # a language model for a greedy decoder
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--decoder", "ctc_beam",
+                      "--lm", str(other)]),  # a language model of other pieces, for CTC beam search
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--lm", str(lm)]),  # not beam
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--decoder", "rnnt_beam",
                       "--lm", str(tmp / "nope.arpa")]),  # missing language model
@@ -48,7 +50,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("transcribe", ["transcribe", "--checkpoint", str(tmp / "nope"), str(AUDIO)]),
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(tmp / "missing.wav")]),  # missing audio
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(corrupt)]),  # corrupt audio
-        ("transcribe", ["transcribe", "--checkpoint", str(MODEL), "--stream", "--decoder", "ctc_beam", str(AUDIO)]),
+        ("transcribe", ["transcribe", "--checkpoint", str(MODEL), "--stream", "--decoder", "ctc_greedy",
+                        "--token-bonus", "0.5", str(AUDIO)]),  # a token bonus for a greedy decoder
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), "--compile", str(AUDIO)]),  # --compile without --stream
         ("average", ["average", str(tmp / "nope.pt"), "--out", str(tmp / "avg")]),  # missing checkpoint
         ("significance", ["significance", str(tmp / "nope.json"), str(tmp / "nope.json")]),  # missing report

@@ -274,9 +274,11 @@ def test_stateless_prediction_exports_and_streams(tmp_path, capsys, context):
             assert float((out - ref).abs().max()) < TOL and torch.equal(state.history, ref_state.history)
 
 
-def test_beam_search_with_a_language_model_on_onnxruntime_equals_pytorch(model, onnx_dir):
-    """rnnt_beam with an n-gram model fused in, on the ONNX prediction network and joint
-    (batched over the hypotheses), gives PyTorch's hypotheses and scores."""
+@pytest.mark.parametrize("decoder", ["rnnt_beam", "ctc_beam"])
+def test_beam_search_with_a_language_model_on_onnxruntime_equals_pytorch(model, onnx_dir, decoder):
+    """A beam search with an n-gram model fused in, on the ONNX streaming step (and, for
+    rnnt_beam, prediction network and joint, batched over the hypotheses), gives PyTorch's
+    hypotheses and scores."""
     from asrlib.ngram import train_kneser_ney
 
     rng = np.random.default_rng(4)
@@ -284,8 +286,8 @@ def test_beam_search_with_a_language_model_on_onnxruntime_equals_pytorch(model, 
                           [f"p{i}" for i in range(16)], 3)
     fusion = {"lm": lm, "lm_weight": 0.1, "token_bonus": 2.0}  # the bonus makes random weights emit
     waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (9000, 5555, 12000)]
-    onnx = load_onnx_recognizer(onnx_dir, decoder="rnnt_beam", num_streams=2, beam_size=3, threads=1, **fusion)
-    torch_rec = StreamingRecognizer(model, decoder="rnnt_beam", num_streams=2, beam_size=3, **fusion)
+    onnx = load_onnx_recognizer(onnx_dir, decoder=decoder, num_streams=2, beam_size=3, threads=1, **fusion)
+    torch_rec = StreamingRecognizer(model, decoder=decoder, num_streams=2, beam_size=3, **fusion)
     got, want = onnx.recognize_many(waves, 700), torch_rec.recognize_many(waves, 700)
     assert [r.tokens for r in got] == [r.tokens for r in want]
     assert sum(len(r.tokens) for r in want) > 10

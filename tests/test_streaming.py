@@ -230,7 +230,7 @@ def test_transcribe_long_file_through_the_stream_gives_the_offline_text(tmp_path
     assert len(offline.split()) > 20 and streamed == offline
 
 
-@pytest.mark.parametrize("decoder", ["rnnt_greedy", "ctc_greedy", "rnnt_beam"])
+@pytest.mark.parametrize("decoder", ["rnnt_greedy", "ctc_greedy", "rnnt_beam", "ctc_beam"])
 @pytest.mark.parametrize("streams", [1, 3, 8])
 def test_many_streams_at_once_equal_offline_decoding(decoder, streams):
     """recognize_many (streams stepped and decoded as one batch, a stream taking the next
@@ -319,10 +319,11 @@ def test_compiled_step_streams_what_the_eager_step_streams():
         StreamingRecognizer(tokenizer=tok, backend=rec.backend, compile=True)
 
 
+@pytest.mark.parametrize("decoder", ["rnnt_beam", "ctc_beam"])
 @pytest.mark.parametrize("streams", [1, 3])
-def test_beam_search_with_a_language_model_streams_what_it_decodes_offline(streams):
-    """rnnt_beam (with an n-gram model fused in) through the recogniser, many streams at once and
-    audio in pieces, gives each utterance its offline result: tokens, frames and score."""
+def test_beam_search_with_a_language_model_streams_what_it_decodes_offline(streams, decoder):
+    """A beam search (with an n-gram model fused in) through the recogniser, many streams at once
+    and audio in pieces, gives each utterance its offline result: tokens, frames and score."""
     from asrlib.evaluate import decode_offline
     from asrlib.ngram import train_kneser_ney
 
@@ -333,27 +334,28 @@ def test_beam_search_with_a_language_model_streams_what_it_decodes_offline(strea
                           [f"p{i}" for i in range(12)], 3)
     fusion = {"lm": lm, "lm_weight": 0.5, "token_bonus": 2.0}  # the bonus outweighs this random model's LM
     waves = [_utterance(i) for i in range(5)]
-    offline = [decode_offline(model, [w], "rnnt_beam", beam=3, **fusion)[0] for w in waves]
-    rec = StreamingRecognizer(model, decoder="rnnt_beam", num_streams=streams, beam_size=3, **fusion)
+    offline = [decode_offline(model, [w], decoder, beam=3, **fusion)[0] for w in waves]
+    rec = StreamingRecognizer(model, decoder=decoder, num_streams=streams, beam_size=3, **fusion)
     many = rec.recognize_many(waves, piece_samples=700)
     assert [r.tokens for r in many] == [r.tokens for r in offline]
     assert [r.timestamps for r in many] == [r.timestamps for r in offline]
-    assert sum(len(r.tokens) for r in many) > 100
+    assert sum(len(r.tokens) for r in many) > {"rnnt_beam": 100, "ctc_beam": 50}[decoder]  # the bonus at work
     np.testing.assert_allclose([r.score for r in many], [r.score for r in offline], rtol=1e-4, atol=1e-3)
-    plain = [decode_offline(model, [w], "rnnt_beam", beam=3)[0] for w in waves]
+    plain = [decode_offline(model, [w], decoder, beam=3)[0] for w in waves]
     assert [r.tokens for r in plain] != [r.tokens for r in offline]  # the model fused in changes something
 
 
 @pytest.mark.skipif(not (ROOT / "models" / "an4" / "lm.arpa").is_file(), reason="models/an4 not built")
-def test_transcribe_with_a_language_model_streams_the_offline_text(capsys):
-    """`asrlib transcribe --decoder rnnt_beam --lm` offline, streamed, and streamed through the
-    long-file path give one text; the shipped model and its shipped language model load together."""
+@pytest.mark.parametrize("decoder", ["rnnt_beam", "ctc_beam"])
+def test_transcribe_with_a_language_model_streams_the_offline_text(capsys, decoder):
+    """`asrlib transcribe --decoder rnnt_beam|ctc_beam --lm` offline, streamed, and streamed through
+    the long-file path give one text; the shipped model and its shipped language model load together."""
     from asrlib.transcribe import main
 
     an4 = ROOT / "models" / "an4"
     entries, _ = read_manifest(ROOT / "data_samples" / "an4" / "dev.jsonl")
     audio = str(entries[5].audio_filepath)
-    common = ["--checkpoint", str(an4), "--decoder", "rnnt_beam", "--lm", str(an4 / "lm.arpa")]
+    common = ["--checkpoint", str(an4), "--decoder", decoder, "--lm", str(an4 / "lm.arpa")]
     texts = []
     for extra in ([], ["--stream"], ["--max-offline-seconds", "0.5"]):
         assert main([*common, *extra, audio]) == 0

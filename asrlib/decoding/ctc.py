@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -132,16 +132,21 @@ class CTCPrefixBeamOptions:
     blank: int  # id of the blank unit (asrlib: V, the last column)
     beam_size: int = 4  # prefixes kept after every frame
     prune_top_k: int = 16  # per frame, only the k most probable tokens may extend a prefix; 0 = all
+    lm: Any = None  # a token-level language model for shallow fusion (asrlib.ngram.NgramLM), or None
+    lm_weight: float = 0.0  # its log-probabilities' weight in the score
+    token_bonus: float = 0.0  # added for every token of a prefix (offsets the deletions a language model brings)
 
 
 @dataclass
 class _Prefix:
-    """Log-probs of all paths so far that collapse to this prefix, split by their last label."""
+    """Log-probs of all paths so far that collapse to this prefix, split by their last label,
+    and what fusion adds to the prefix (a function of its tokens alone)."""
 
     blank: float = NEG_INF  # paths ending in blank
     nonblank: float = NEG_INF  # paths ending in the prefix's last token
     timestamps: tuple[int, ...] = ()  # frames of the tokens, from the likeliest contribution
     best: float = NEG_INF  # log-prob of that contribution (to pick timestamps)
+    fusion: float = 0.0  # lm_weight * log p_LM(tokens) + token_bonus * len(tokens)
 
     @property
     def total(self) -> float:
@@ -156,6 +161,44 @@ class _Prefix:
             self.best, self.timestamps = logp, timestamps
 
 
+@dataclass
+class CTCPrefixBeamState:
+    """What prefix beam search carries from one chunk of frames to the next, per stream: its
+    prefixes (token tuple -> :class:`_Prefix`) and each one's score for ending here
+    (lm_weight * log p_LM(</s> | tokens); 0 without a language model). ``tokens``,
+    ``timestamps`` and ``scores`` are each stream's best labelling were its utterance to end now."""
+
+    beams: list[dict[tuple[int, ...], _Prefix]]
+    ends: list[dict[tuple[int, ...], float]]
+
+    def _bests(self) -> list[tuple[tuple[int, ...], float]]:
+        return [max(((k, p.total + p.fusion + e[k]) for k, p in b.items()), key=lambda kv: kv[1])
+                for b, e in zip(self.beams, self.ends)]
+
+    @property
+    def tokens(self) -> list[list[int]]:
+        return [list(k) for k, _ in self._bests()]
+
+    @property
+    def timestamps(self) -> list[list[int]]:
+        return [list(b[k].timestamps) for b, (k, _) in zip(self.beams, self._bests())]
+
+    @property
+    def scores(self) -> list[float]:
+        return [s for _, s in self._bests()]
+
+    def select(self, rows: list[int]) -> "CTCPrefixBeamState":
+        """The state of streams ``rows`` (prefixes are never changed in place, so shared)."""
+        return CTCPrefixBeamState([self.beams[r] for r in rows], [self.ends[r] for r in rows])
+
+    def scatter(self, rows: list[int], sub: "CTCPrefixBeamState") -> "CTCPrefixBeamState":
+        """A copy with streams ``rows`` replaced by ``sub`` (a ``select`` result, advanced)."""
+        beams, ends = list(self.beams), list(self.ends)
+        for k, r in enumerate(rows):
+            beams[r], ends[r] = sub.beams[k], sub.ends[k]
+        return CTCPrefixBeamState(beams, ends)
+
+
 class CTCPrefixBeamDecoder:
     """Prefix beam search for the most probable labelling (log space).
 
@@ -167,47 +210,95 @@ class CTCPrefixBeamDecoder:
     ``score`` is log P(labelling) summed over the alignments the beam kept. With a beam
     larger than the number of possible prefixes the search is exact. ``timestamps`` are the
     frames at which the tokens were added, along the likeliest contribution.
+
+    With a language model (``lm``, shallow fusion) prefixes are ranked by log P(prefix) +
+    ``lm_weight`` x log p_LM(prefix) + ``token_bonus`` x its length, and a labelling ends with
+    ``lm_weight`` x log p_LM(</s> | it): ``score`` is that sum. The LM part depends on the
+    tokens alone, so it is added once, when a prefix is extended, and the path sums stay
+    acoustic. Like the greedy decoder it runs chunk by chunk (``init_state``,
+    ``decode_chunk``), and ``decode`` is one chunk of the whole utterance, so streaming gives
+    the same result.
     """
 
     def __init__(self, options: CTCPrefixBeamOptions):
         if options.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {options.beam_size}")
+        if options.lm is not None and options.lm.vocab_size != options.blank:
+            raise ValueError(f"the language model has {options.lm.vocab_size} pieces and the model {options.blank}: "
+                             "build it with the model's tokenizer")
         self.options = options
+
+    def init_state(self, batch: int) -> CTCPrefixBeamState:
+        return CTCPrefixBeamState([{(): _Prefix(blank=0.0, best=0.0)} for _ in range(batch)],
+                                  [{(): self._end(())} for _ in range(batch)])
+
+    @torch.no_grad()
+    def decode_chunk(self, log_probs: Tensor, state: CTCPrefixBeamState, frame_offset: int | list[int] = 0,
+                     lengths: Tensor | None = None) -> CTCPrefixBeamState:
+        """Continue over ``log_probs`` (B, Tc, V + 1), whose first frame is ``frame_offset``
+        (one int, or one per stream); ``lengths`` (B,) valid frames (default all Tc)."""
+        B, Tc = log_probs.shape[:2]
+        lengths = torch.full((B,), Tc) if lengths is None else lengths.cpu()
+        _check_inputs(log_probs, lengths, self.options.blank)
+        if len(state.beams) != B:
+            raise ValueError(f"the state has {len(state.beams)} streams and the chunk {B}")
+        offsets = [frame_offset] * B if isinstance(frame_offset, int) else list(frame_offset)
+        beams, ends = list(state.beams), list(state.ends)
+        for b, n in enumerate(lengths.tolist()):
+            if n > 0:
+                beams[b] = self._search(log_probs[b, :n].float().cpu(), beams[b], offsets[b])
+                ends[b] = {k: self._end(k) for k in beams[b]}
+        return CTCPrefixBeamState(beams, ends)
 
     @torch.no_grad()
     def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
         _check_inputs(log_probs, lengths, self.options.blank)
-        results = []
-        for b, n in enumerate(lengths.tolist()):
-            tokens, stamps, score = self._search(log_probs[b, :n].float())
-            text = detokenize(tokens) if detokenize else ""
-            results.append(DecodingResult(tokens=tokens, timestamps=stamps, score=score, text=text))
-        return results
+        state = self.decode_chunk(log_probs, self.init_state(log_probs.shape[0]), 0, lengths)
+        return self.results(state, detokenize)
 
-    def _search(self, lp: Tensor) -> tuple[list[int], list[int], float]:
-        """One utterance: lp (T, V + 1) -> best (tokens, timestamps, log-prob)."""
+    @staticmethod
+    def results(state: CTCPrefixBeamState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """Each stream's best labelling, were its utterance to end now."""
+        return [DecodingResult(tok, ts, score, detokenize(tok) if detokenize else "")
+                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
+
+    def _end(self, prefix: tuple[int, ...]) -> float:
+        lm = self.options.lm
+        return 0.0 if lm is None else self.options.lm_weight * float(lm.logprobs(lm.context(prefix))[lm.eos])
+
+    def _extend_scores(self, prefix: tuple[int, ...]) -> list[float] | None:
+        """lm_weight * log p_LM(c | prefix) + token_bonus for every token c (None: nothing to add)."""
+        o = self.options
+        if o.lm is None:
+            return None if o.token_bonus == 0.0 else [o.token_bonus] * o.blank
+        row = o.lm.logprobs(o.lm.context(prefix))[: o.blank]
+        return [o.lm_weight * float(x) + o.token_bonus for x in row]
+
+    def _search(self, lp: Tensor, beams: dict[tuple[int, ...], _Prefix], offset: int) -> dict[tuple[int, ...], _Prefix]:
+        """One stream over its frames lp (T, V + 1), from ``beams``; frame t is ``offset + t``."""
         blank, k = self.options.blank, self.options.prune_top_k
         n_units = lp.shape[-1]
         k = n_units if k <= 0 else min(k, n_units)
         candidates = lp.topk(k, dim=-1).indices.tolist()  # (T, k) tokens that may extend
         rows = lp.tolist()  # (T, V + 1) as python floats: the loop below is scalar
-        beams: dict[tuple[int, ...], _Prefix] = {(): _Prefix(blank=0.0, best=0.0)}
         for t, row in enumerate(rows):
             nxt: dict[tuple[int, ...], _Prefix] = {}
             for prefix, p in beams.items():
                 total = p.total
                 last = prefix[-1] if prefix else None
-                stay = nxt.setdefault(prefix, _Prefix())
+                stay = nxt.setdefault(prefix, _Prefix(fusion=p.fusion))
                 stay.add(True, total + row[blank], p.timestamps)
                 if last is not None:
                     stay.add(False, p.nonblank + row[last], p.timestamps)
+                extra = self._extend_scores(prefix)
                 for c in candidates[t]:
                     if c == blank:
                         continue
                     from_paths = p.blank if c == last else total
-                    ext = nxt.setdefault(prefix + (c,), _Prefix())
-                    ext.add(False, from_paths + row[c], p.timestamps + (t,))
-            ranked = sorted(nxt.items(), key=lambda kv: kv[1].total, reverse=True)
+                    ext = nxt.get(prefix + (c,))
+                    if ext is None:
+                        ext = nxt[prefix + (c,)] = _Prefix(fusion=p.fusion + (extra[c] if extra else 0.0))
+                    ext.add(False, from_paths + row[c], p.timestamps + (offset + t,))
+            ranked = sorted(nxt.items(), key=lambda kv: kv[1].total + kv[1].fusion, reverse=True)
             beams = dict(ranked[: self.options.beam_size])
-        prefix, best = max(beams.items(), key=lambda kv: kv[1].total)
-        return list(prefix), list(best.timestamps), best.total
+        return beams

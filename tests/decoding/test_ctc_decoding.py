@@ -145,3 +145,95 @@ def test_greedy_in_chunks_equals_the_collapsed_best_path(seed):
         assert tuple(state.tokens[b]) == collapse(path)
         assert state.timestamps[b] == [offsets[b] + t for t in stamps]
         assert state.scores[b] == pytest.approx(T * math.log(0.7), rel=1e-5)
+
+
+# ---------------------------------------------------------------- shallow fusion and streaming
+from test_rnnt_decoding import V as RNNT_V  # noqa: E402
+from test_rnnt_decoding import BigramLM  # noqa: E402  (a random bigram model over V tokens and </s>)
+
+assert RNNT_V == V
+
+
+def labelling_log_probs(lp: torch.Tensor) -> dict[tuple, float]:
+    """log P(labelling) for every labelling of lp (T, V + 1), by summing over all (V + 1) ** T paths."""
+    by_label: dict[tuple, float] = {}
+    for path in itertools.product(range(V + 1), repeat=lp.shape[0]):
+        p = math.exp(sum(lp[t, k].item() for t, k in enumerate(path)))
+        by_label[collapse(path)] = by_label.get(collapse(path), 0.0) + p
+    return {y: math.log(p) for y, p in by_label.items()}
+
+
+def fused_beam(lp, lengths, beam_size, lm, weight, bonus, prune_top_k=0):
+    opts = CTCPrefixBeamOptions(blank=BLANK, beam_size=beam_size, prune_top_k=prune_top_k, lm=lm,
+                                lm_weight=weight, token_bonus=bonus)
+    return CTCPrefixBeamDecoder(opts)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("weight, bonus", [(0.6, 0.0), (1.5, 0.8), (0.0, -0.5)])
+def test_exhaustive_prefix_beam_with_a_language_model_equals_brute_force(seed, weight, bonus):
+    """The best labelling by log P(labelling) + weight * LM log-prob (</s> included) + bonus per
+    token, over every labelling (each summed over all its paths): the search finds it and
+    reports that score."""
+    g = torch.Generator().manual_seed(seed)
+    T = 5
+    lp = (2.0 * torch.randn(T, V + 1, generator=g)).log_softmax(-1)  # (T, V + 1)
+    lm = BigramLM(seed + 10)
+    fused = {y: s + lm.fused(list(y), weight, bonus) for y, s in labelling_log_probs(lp).items()}
+    best = max(fused, key=fused.get)
+    dec = fused_beam(lp, None, 10**6, lm if weight else None, weight, bonus)
+    (res,) = dec.decode(lp[None], torch.tensor([T]))
+    assert tuple(res.tokens) == best
+    assert res.score == pytest.approx(fused[best], abs=1e-5)
+
+
+def test_the_language_model_moves_the_best_labelling():
+    """The cases above mean something: on these tables the fused best labelling is not the
+    acoustic one (for most seeds)."""
+    moved = 0
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        lp = (2.0 * torch.randn(5, V + 1, generator=g)).log_softmax(-1)
+        lm = BigramLM(seed + 10)
+        plain = labelling_log_probs(lp)
+        fused = {y: s + lm.fused(list(y), 1.5, 0.8) for y, s in plain.items()}
+        moved += max(fused, key=fused.get) != max(plain, key=plain.get)
+    assert moved >= 2
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 13])
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_prefix_beam_in_chunks_equals_whole(chunk, with_lm):
+    """decode_chunk over pieces of the log-probs (each stream its own length) gives what one call
+    on the whole gives: tokens, frames and score; and streams taken apart and put back (what
+    the recogniser does with the streams that are ready) too."""
+    g = torch.Generator().manual_seed(7)
+    lp = (3.0 * torch.randn(3, 13, V + 1, generator=g)).log_softmax(-1)  # (B, T, V + 1)
+    lengths = torch.tensor([13, 5, 10])
+    dec = fused_beam(lp, lengths, 3, BigramLM(2) if with_lm else None, 0.8 if with_lm else 0.0,
+                     0.3 if with_lm else 0.0, prune_top_k=3)
+    whole = dec.decode(lp, lengths)
+    assert sum(len(w.tokens) for w in whole) > 6
+    state = dec.init_state(3)
+    for t0 in range(0, 13, chunk):
+        valid = (lengths - t0).clamp(0, min(chunk, 13 - t0))
+        state = dec.decode_chunk(lp[:, t0 : t0 + chunk], state, frame_offset=t0, lengths=valid)
+    for w, c in zip(whole, dec.results(state)):
+        assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
+        assert c.score == pytest.approx(w.score, abs=1e-5)
+    state = dec.init_state(3)
+    sub = dec.decode_chunk(lp[[2, 0], :7], state.select([2, 0]), frame_offset=0, lengths=torch.tensor([7, 7]))
+    state = dec.decode_chunk(lp[:, :5], state, frame_offset=0, lengths=torch.tensor([0, 5, 0]))
+    state = state.scatter([2, 0], sub)
+    state = dec.decode_chunk(lp[:, 7:], state, frame_offset=7, lengths=torch.tensor([6, 0, 3]))
+    for w, c in zip(whole, dec.results(state)):
+        assert (c.tokens, c.timestamps) == (w.tokens, w.timestamps)
+        assert c.score == pytest.approx(w.score, abs=1e-5)
+
+
+def test_prefix_beam_rejects_a_language_model_of_another_vocabulary():
+    class Wide(BigramLM):
+        vocab_size = V + 1
+
+    with pytest.raises(ValueError, match="language model has 4 pieces and the model 3"):
+        CTCPrefixBeamDecoder(CTCPrefixBeamOptions(blank=BLANK, lm=Wide(0), lm_weight=0.5))
