@@ -48,6 +48,27 @@ def _lse(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
+class _ChunkedCTCDecoder:
+    """What both CTC decoders share: ``decode`` is ``init_state`` plus one ``decode_chunk`` over
+    the whole utterance (so streaming, chunk by chunk, gives the same result), and a state's
+    ``tokens`` / ``timestamps`` / ``scores`` are its results."""
+
+    options: "CTCGreedyOptions | CTCPrefixBeamOptions"
+
+    @torch.no_grad()
+    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        _check_inputs(log_probs, lengths, self.options.blank)
+        state = self.decode_chunk(log_probs, self.init_state(log_probs.shape[0]), 0, lengths)
+        return self.results(state, detokenize)
+
+    @staticmethod
+    def results(state, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """The hypotheses held by a state (partial results while streaming): for beam search each
+        stream's best labelling, were its utterance to end now."""
+        return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
+                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
+
+
 @dataclass(frozen=True)
 class CTCGreedyOptions:
     blank: int  # id of the blank unit (asrlib: V, the last column)
@@ -76,7 +97,7 @@ class CTCGreedyState:
         return out
 
 
-class CTCGreedyDecoder:
+class CTCGreedyDecoder(_ChunkedCTCDecoder):
     """Best path: argmax per frame, collapse repeats, drop blanks.
 
     ``timestamps`` holds the first frame of each emitted token; ``score`` is the log-prob of
@@ -114,17 +135,6 @@ class CTCGreedyDecoder:
                 out.last[b] = ids[b, n - 1]
         return out
 
-    @torch.no_grad()
-    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        _check_inputs(log_probs, lengths, self.options.blank)
-        state = self.decode_chunk(log_probs, self.init_state(log_probs.shape[0]), 0, lengths)
-        return self.results(state, detokenize)
-
-    @staticmethod
-    def results(state: CTCGreedyState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        """The hypotheses held by a state (partial results while streaming)."""
-        return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
-                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
 
 
 @dataclass(frozen=True)
@@ -199,7 +209,7 @@ class CTCPrefixBeamState:
         return CTCPrefixBeamState(beams, ends)
 
 
-class CTCPrefixBeamDecoder:
+class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
     """Prefix beam search for the most probable labelling (log space).
 
     For every prefix we keep two numbers: the log-prob of the paths ending in blank and of
@@ -250,17 +260,6 @@ class CTCPrefixBeamDecoder:
                 ends[b] = {k: self._end(k) for k in beams[b]}
         return CTCPrefixBeamState(beams, ends)
 
-    @torch.no_grad()
-    def decode(self, log_probs: Tensor, lengths: Tensor, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        _check_inputs(log_probs, lengths, self.options.blank)
-        state = self.decode_chunk(log_probs, self.init_state(log_probs.shape[0]), 0, lengths)
-        return self.results(state, detokenize)
-
-    @staticmethod
-    def results(state: CTCPrefixBeamState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        """Each stream's best labelling, were its utterance to end now."""
-        return [DecodingResult(tok, ts, score, detokenize(tok) if detokenize else "")
-                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
 
     def _end(self, prefix: tuple[int, ...]) -> float:
         lm = self.options.lm
