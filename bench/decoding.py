@@ -1,5 +1,5 @@
 """What decoding costs on this CPU, one thread: greedy, beam search, beam search + an n-gram
-language model; offline and streaming; prints JSON.
+language model, for the RNN-T and the CTC head; offline and streaming; prints JSON.
 
     .venv/bin/python bench/decoding.py [--checkpoint models/an4] [--manifest data_samples/an4/dev.jsonl]
                                        [--lm-order 8] [--beam 4] [--repeats 3] [--limit N]
@@ -11,7 +11,7 @@ language model; offline and streaming; prints JSON.
    encoder output computed once (offline), and of the streaming recogniser end to end (encoder
    steps included, 100 ms pieces); the median of ``--repeats`` passes, with the WER as a check
    that the passes decode what ``asrlib evaluate`` does. ``rtf_over_greedy`` is each decoder's
-   offline decoder-only RTF over greedy's, from the same run.
+   offline decoder-only RTF over RNN-T greedy's, from the same run.
 
 ``--scale-pieces N`` measures only what counting costs at a larger scale: a synthetic text of N
 pieces (``--scale-vocab`` pieces, a Zipf-skewed Markov chain, sentences of 5-40 pieces) counted
@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 from asrlib.audio import load_audio  # noqa: E402
 from asrlib.checkpoint import load_model_and_tokenizer  # noqa: E402
 from asrlib.data.manifest import read_manifest  # noqa: E402
+from asrlib.decoding.ctc import (CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder,  # noqa: E402
+                                CTCPrefixBeamOptions)
 from asrlib.decoding.rnnt import (RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder,  # noqa: E402
                                   RNNTGreedyOptions)
 from asrlib.metrics import word_counts  # noqa: E402
@@ -126,20 +128,31 @@ def main() -> int:
     with torch.inference_mode():
         encoded = [model(torch.from_numpy(w)[None], torch.tensor([len(w)])) for w in waves]  # (1, T, D), (1,)
     fusion = {"lm": lm, "lm_weight": args.lm_weight, "token_bonus": args.token_bonus}
+    def rnnt(dec):
+        return lambda enc, n: dec.decode(model.prediction, model.joint, enc, n, tok.decode)[0].text
+
+    def ctc(dec):  # the CTC head's projection is counted with the decoder (a small share of it)
+        return lambda enc, n: dec.decode(model.ctc_head(enc), n, tok.decode)[0].text
+
     decoders = {
-        "rnnt_greedy": (RNNTGreedyDecoder(RNNTGreedyOptions(model.blank)), {"decoder": "rnnt_greedy"}),
-        "rnnt_beam": (RNNTBeamDecoder(RNNTBeamOptions(model.blank, args.beam)),
+        "rnnt_greedy": (rnnt(RNNTGreedyDecoder(RNNTGreedyOptions(model.blank))), {"decoder": "rnnt_greedy"}),
+        "rnnt_beam": (rnnt(RNNTBeamDecoder(RNNTBeamOptions(model.blank, args.beam))),
                       {"decoder": "rnnt_beam", "beam_size": args.beam}),
-        "rnnt_beam_lm": (RNNTBeamDecoder(RNNTBeamOptions(model.blank, args.beam, 5, **fusion)),
+        "rnnt_beam_lm": (rnnt(RNNTBeamDecoder(RNNTBeamOptions(model.blank, args.beam, 5, **fusion))),
                          {"decoder": "rnnt_beam", "beam_size": args.beam, **fusion}),
+        "ctc_greedy": (ctc(CTCGreedyDecoder(CTCGreedyOptions(model.blank))), {"decoder": "ctc_greedy"}),
+        "ctc_beam": (ctc(CTCPrefixBeamDecoder(CTCPrefixBeamOptions(model.blank, args.beam))),
+                     {"decoder": "ctc_beam", "beam_size": args.beam}),
+        "ctc_beam_lm": (ctc(CTCPrefixBeamDecoder(CTCPrefixBeamOptions(model.blank, args.beam, **fusion))),
+                        {"decoder": "ctc_beam", "beam_size": args.beam, **fusion}),
     }
     results = {}
-    for name, (dec, stream_kwargs) in decoders.items():
+    for name, (decode, stream_kwargs) in decoders.items():
         offline, streaming = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             with torch.inference_mode():
-                hyps = [dec.decode(model.prediction, model.joint, enc, n, tok.decode)[0].text for enc, n in encoded]
+                hyps = [decode(enc, n) for enc, n in encoded]
             offline.append((time.perf_counter() - t0) / audio_seconds)
             rec = StreamingRecognizer(model, tok, **stream_kwargs)
             streamed = []

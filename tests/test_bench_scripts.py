@@ -49,7 +49,8 @@ def test_decoding_bench_runs_every_decoder_and_streams_what_it_decodes():
     """bench/decoding.py on three AN4 utterances: every decoder's streaming text equals its
     offline text, and the ratios are taken against greedy from the same run."""
     report = run_json("bench/decoding.py", "--limit", "3", "--repeats", "1", "--lm-order", "4")
-    assert set(report["decoders"]) == {"rnnt_greedy", "rnnt_beam", "rnnt_beam_lm"}
+    assert set(report["decoders"]) == {"rnnt_greedy", "rnnt_beam", "rnnt_beam_lm", "ctc_greedy", "ctc_beam",
+                                       "ctc_beam_lm"}
     for row in report["decoders"].values():
         assert row["streaming_equals_offline"] and row["decoder_only_rtf"] > 0
     assert report["decoders"]["rnnt_greedy"]["rtf_over_greedy"] == 1.0
