@@ -265,17 +265,15 @@ class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
         lm = self.options.lm
         return 0.0 if lm is None else self.options.lm_weight * float(lm.logprobs(lm.context(prefix))[lm.eos])
 
-    def _extend_scores(self, prefix: tuple[int, ...]) -> list[float] | None:
-        """lm_weight * log p_LM(c | prefix) + token_bonus for every token c (None: nothing to add)."""
-        o = self.options
-        if o.lm is None:
-            return None if o.token_bonus == 0.0 else [o.token_bonus] * o.blank
-        row = o.lm.logprobs(o.lm.context(prefix))[: o.blank]
-        return [o.lm_weight * float(x) + o.token_bonus for x in row]
+    def _lm_row(self, prefix: tuple[int, ...]):
+        """log p_LM(. | prefix) over the pieces (None without a language model)."""
+        lm = self.options.lm
+        return None if lm is None else lm.logprobs(lm.context(prefix))
 
     def _search(self, lp: Tensor, beams: dict[tuple[int, ...], _Prefix], offset: int) -> dict[tuple[int, ...], _Prefix]:
         """One stream over its frames lp (T, V + 1), from ``beams``; frame t is ``offset + t``."""
         blank, k = self.options.blank, self.options.prune_top_k
+        weight, bonus = self.options.lm_weight, self.options.token_bonus
         n_units = lp.shape[-1]
         k = n_units if k <= 0 else min(k, n_units)
         candidates = lp.topk(k, dim=-1).indices.tolist()  # (T, k) tokens that may extend
@@ -289,14 +287,15 @@ class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
                 stay.add(True, total + row[blank], p.timestamps)
                 if last is not None:
                     stay.add(False, p.nonblank + row[last], p.timestamps)
-                extra = self._extend_scores(prefix)
+                lm_row = self._lm_row(prefix)  # only the candidates below look into it
                 for c in candidates[t]:
                     if c == blank:
                         continue
                     from_paths = p.blank if c == last else total
                     ext = nxt.get(prefix + (c,))
-                    if ext is None:
-                        ext = nxt[prefix + (c,)] = _Prefix(fusion=p.fusion + (extra[c] if extra else 0.0))
+                    if ext is None:  # fusion: + lm_weight * log p_LM(c | prefix) + token_bonus
+                        lm = 0.0 if lm_row is None else weight * float(lm_row[c])
+                        ext = nxt[prefix + (c,)] = _Prefix(fusion=p.fusion + (lm + bonus))
                     ext.add(False, from_paths + row[c], p.timestamps + (offset + t,))
             ranked = sorted(nxt.items(), key=lambda kv: kv[1].total + kv[1].fusion, reverse=True)
             beams = dict(ranked[: self.options.beam_size])
