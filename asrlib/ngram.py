@@ -6,7 +6,8 @@ The model counts n-grams of tokenizer pieces (not words: the same units the RNN-
 so the language model's state is just the last ``order - 1`` pieces and no lexicon is needed;
 a letter-level model learns the spelling of words from them). Training text can be the
 training manifests' transcripts and any plain text (one sentence per line): text without
-audio is what an external language model adds.
+audio is what an external language model adds. A sentence with a character the tokenizer lacks
+is left out and counted (normalise external text as the transcripts are: case, numbers).
 
 Smoothing is Kneser-Ney (Kneser & Ney 1995) in the interpolated form Chen & Goodman (1998,
 "An empirical study of smoothing techniques for language modeling") describe, with one
@@ -287,18 +288,35 @@ def decoding_options(args: argparse.Namespace, pieces: Sequence[str]) -> dict:
     return {"lm": lm, "lm_weight": args.lm_weight if lm is not None else 0.0, "token_bonus": bonus}
 
 
-def _texts(manifests: Sequence[str], text_files: Sequence[str]) -> Iterable[str]:
+def _texts(manifests: Sequence[str], text_files: Sequence[str]) -> Iterable[tuple[str, str]]:
+    """(where, sentence) from the manifests' texts and the text files' non-empty lines."""
     from asrlib.data.manifest import read_manifest
 
     for m in manifests:
         entries, _ = read_manifest(m, strict=False, check_audio=False)
-        yield from (e.text for e in entries)
+        yield from ((e.where, e.text) for e in entries)
     for t in text_files:
         path = Path(t)
         if not path.is_file():
             raise UsageError(f"{path}: no such text file")
         with path.open(encoding="utf-8") as f:
-            yield from (line.strip() for line in f if line.strip())
+            yield from ((f"{path}:{i}", line.strip()) for i, line in enumerate(f, 1) if line.strip())
+
+
+def spelt_sentences(texts: Iterable[tuple[str, str]], tok) -> tuple[list[list[int]], int, tuple[str, str] | None]:
+    """The sentences the tokenizer spells without ``<unk>``, as piece ids; the number left out
+    and the first one left out (where, text). A sentence with a character the tokenizer lacks
+    (other case, digits, accents, punctuation) would teach the model ``<unk>`` in place of the
+    letters it has: it is left out and counted, not counted in."""
+    sentences, skipped, first = [], 0, None
+    for where, text in texts:
+        ids = tok.encode(text)
+        if tok.unk_id in ids:
+            skipped += 1
+            first = first or (where, text)
+        else:
+            sentences.append(ids)
+    return sentences, skipped, first
 
 
 @report_usage_errors("ngram", ManifestError, TokenizerError)
@@ -318,7 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     from asrlib.tokenizer import Tokenizer
 
     tok = Tokenizer(args.tokenizer)
-    sentences = [tok.encode(t) for t in _texts(args.manifest, args.text)]
+    sentences, skipped, first = spelt_sentences(_texts(args.manifest, args.text), tok)
+    if first is not None:
+        where, text = first
+        short = text if len(text) <= 60 else text[:57] + "..."
+        if not sentences:
+            raise UsageError(f"{where}: no sentence is spelt in the tokenizer's pieces (each has characters it lacks, "
+                             f"e.g. {short!r}); normalise the text as the training transcripts are (case, numbers, "
+                             "punctuation)")
+        print(f"skipped {skipped} of {skipped + len(sentences)} sentences with characters the tokenizer lacks "
+              f"(first at {where}: {short!r})")
     lm = train_kneser_ney(sentences, tok.pieces(), args.order)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     lm.save_arpa(args.out)

@@ -26,6 +26,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
     lm.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\t<unk>\n-0.3\t</s>\n\n\\end\\\n")
     other = tmp / "other.arpa"  # one whose words the digits tokenizer does not have
     other.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\tXYZZY\n-0.3\t</s>\n\n\\end\\\n")
+    shouting = tmp / "upper.txt"  # text the digits tokenizer (lower case) cannot spell
+    shouting.write_text("NINE NINE\nFOUR\n")
     return [
         ("evaluate", ["evaluate", "--checkpoint", str(tmp / "nope"), "--manifest", str(MANIFEST)]),  # missing checkpoint
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(empty)]),  # empty manifest
@@ -46,6 +48,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
                    str(tmp / "none.jsonl"), "--out", str(tmp / "x.arpa")]),  # missing manifest
         ("ngram", ["ngram", "--tokenizer", str(ROOT / "data_samples" / "digits" / "tokenizer"), "--manifest",
                    str(MANIFEST), "--out", str(lm)]),  # an existing file
+        ("ngram", ["ngram", "--tokenizer", str(ROOT / "data_samples" / "digits" / "tokenizer"), "--text",
+                   str(shouting), "--out", str(tmp / "y.arpa")]),  # no sentence the tokenizer spells
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--streams", "0"]),
         ("transcribe", ["transcribe", "--checkpoint", str(tmp / "nope"), str(AUDIO)]),
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(tmp / "missing.wav")]),  # missing audio

@@ -185,6 +185,28 @@ def test_cli_counts_manifest_and_text(tmp_path, capsys):
     assert both.read_bytes() == before
 
 
+def test_cli_leaves_out_sentences_the_tokenizer_cannot_spell(tmp_path, capsys):
+    """A line with characters the tokenizer lacks (the digits tokenizer is lower case) would put
+    <unk> where letters were: it is left out and counted, and the model is the one of the other
+    lines, byte for byte; the file written is not touched when no line is left."""
+    tok = str(ROOT / "data_samples" / "digits" / "tokenizer")
+    mixed, clean = tmp_path / "mixed.txt", tmp_path / "clean.txt"
+    mixed.write_text("nine nine four\nNINE NINE\n\nfour one\nfünf\n")
+    clean.write_text("nine nine four\nfour one\n")
+    a, b = tmp_path / "a.arpa", tmp_path / "b.arpa"
+    assert main(["--tokenizer", tok, "--text", str(mixed), "--order", "3", "--out", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped 2 of 4 sentences with characters the tokenizer lacks (first at {mixed}:2: 'NINE NINE')" in out
+    assert "2 sentences" in out
+    assert main(["--tokenizer", tok, "--text", str(clean), "--order", "3", "--out", str(b)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    upper = tmp_path / "upper.txt"
+    upper.write_text("NINE\nFÜNF\n")
+    assert main(["--tokenizer", tok, "--text", str(upper), "--out", str(tmp_path / "c.arpa")]) == 2
+    assert f"{upper}:1: no sentence is spelt in the tokenizer's pieces" in capsys.readouterr().err
+    assert not (tmp_path / "c.arpa").exists()
+
+
 def test_the_shipped_an4_language_model_is_what_its_command_builds(tmp_path):
     """models/an4/lm.arpa comes from the command in models/an4/README.md, byte for byte."""
     shipped = ROOT / "models" / "an4" / "lm.arpa"
