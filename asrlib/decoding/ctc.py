@@ -136,7 +136,6 @@ class CTCGreedyDecoder(_ChunkedCTCDecoder):
         return out
 
 
-
 @dataclass(frozen=True)
 class CTCPrefixBeamOptions:
     blank: int  # id of the blank unit (asrlib: V, the last column)
@@ -150,13 +149,14 @@ class CTCPrefixBeamOptions:
 @dataclass
 class _Prefix:
     """Log-probs of all paths so far that collapse to this prefix, split by their last label,
-    and what fusion adds to the prefix (a function of its tokens alone)."""
+    and what fusion adds to the prefix (a function of its tokens alone) and to its end."""
 
     blank: float = NEG_INF  # paths ending in blank
     nonblank: float = NEG_INF  # paths ending in the prefix's last token
     timestamps: tuple[int, ...] = ()  # frames of the tokens, from the likeliest contribution
     best: float = NEG_INF  # log-prob of that contribution (to pick timestamps)
     fusion: float = 0.0  # lm_weight * log p_LM(tokens) + token_bonus * len(tokens)
+    end: float = 0.0  # lm_weight * log p_LM(</s> | tokens): the score for ending here
 
     @property
     def total(self) -> float:
@@ -174,16 +174,14 @@ class _Prefix:
 @dataclass
 class CTCPrefixBeamState:
     """What prefix beam search carries from one chunk of frames to the next, per stream: its
-    prefixes (token tuple -> :class:`_Prefix`) and each one's score for ending here
-    (lm_weight * log p_LM(</s> | tokens); 0 without a language model). ``tokens``,
-    ``timestamps`` and ``scores`` are each stream's best labelling were its utterance to end now."""
+    prefixes (token tuple -> :class:`_Prefix`). ``tokens``, ``timestamps`` and ``scores`` are
+    each stream's best labelling were its utterance to end now."""
 
     beams: list[dict[tuple[int, ...], _Prefix]]
-    ends: list[dict[tuple[int, ...], float]]
 
     def _bests(self) -> list[tuple[tuple[int, ...], float]]:
-        return [max(((k, p.total + p.fusion + e[k]) for k, p in b.items()), key=lambda kv: kv[1])
-                for b, e in zip(self.beams, self.ends)]
+        return [max(((k, p.total + p.fusion + p.end) for k, p in b.items()), key=lambda kv: kv[1])
+                for b in self.beams]
 
     @property
     def tokens(self) -> list[list[int]]:
@@ -199,14 +197,14 @@ class CTCPrefixBeamState:
 
     def select(self, rows: list[int]) -> "CTCPrefixBeamState":
         """The state of streams ``rows`` (prefixes are never changed in place, so shared)."""
-        return CTCPrefixBeamState([self.beams[r] for r in rows], [self.ends[r] for r in rows])
+        return CTCPrefixBeamState([self.beams[r] for r in rows])
 
     def scatter(self, rows: list[int], sub: "CTCPrefixBeamState") -> "CTCPrefixBeamState":
         """A copy with streams ``rows`` replaced by ``sub`` (a ``select`` result, advanced)."""
-        beams, ends = list(self.beams), list(self.ends)
+        beams = list(self.beams)
         for k, r in enumerate(rows):
-            beams[r], ends[r] = sub.beams[k], sub.ends[k]
-        return CTCPrefixBeamState(beams, ends)
+            beams[r] = sub.beams[k]
+        return CTCPrefixBeamState(beams)
 
 
 class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
@@ -239,8 +237,7 @@ class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
         self.options = options
 
     def init_state(self, batch: int) -> CTCPrefixBeamState:
-        return CTCPrefixBeamState([{(): _Prefix(blank=0.0, best=0.0)} for _ in range(batch)],
-                                  [{(): self._end(())} for _ in range(batch)])
+        return CTCPrefixBeamState([{(): _Prefix(blank=0.0, best=0.0, end=self._end(()))} for _ in range(batch)])
 
     @torch.no_grad()
     def decode_chunk(self, log_probs: Tensor, state: CTCPrefixBeamState, frame_offset: int | list[int] = 0,
@@ -253,13 +250,11 @@ class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
         if len(state.beams) != B:
             raise ValueError(f"the state has {len(state.beams)} streams and the chunk {B}")
         offsets = [frame_offset] * B if isinstance(frame_offset, int) else list(frame_offset)
-        beams, ends = list(state.beams), list(state.ends)
+        beams = list(state.beams)
         for b, n in enumerate(lengths.tolist()):
             if n > 0:
                 beams[b] = self._search(log_probs[b, :n].float().cpu(), beams[b], offsets[b])
-                ends[b] = {k: self._end(k) for k in beams[b]}
-        return CTCPrefixBeamState(beams, ends)
-
+        return CTCPrefixBeamState(beams)
 
     def _end(self, prefix: tuple[int, ...]) -> float:
         lm = self.options.lm
@@ -299,4 +294,6 @@ class CTCPrefixBeamDecoder(_ChunkedCTCDecoder):
                     ext.add(False, from_paths + row[c], p.timestamps + (offset + t,))
             ranked = sorted(nxt.items(), key=lambda kv: kv[1].total + kv[1].fusion, reverse=True)
             beams = dict(ranked[: self.options.beam_size])
+        for prefix, p in beams.items():  # the survivors are this call's own objects
+            p.end = self._end(prefix)
         return beams
