@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -59,6 +60,14 @@ from asrlib.rng import rng_state, set_rng_state, stream_seed
 from asrlib.run_folder import check_free_space, check_writable, checkpoint_bytes, claim_output_dir
 from asrlib.stopping import Aborted, GracefulStop, ignore_stop_signals
 from asrlib.tokenizer import Tokenizer, TokenizerError
+
+
+# The DistributedDataParallel keyword that stops it broadcasting the buffers before every forward:
+# torch 2.13 renamed broadcast_buffers (deprecated there, with a FutureWarning from every rank of
+# every run) to forward_sync_buffers; the releases before it know only the old name.
+NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
 
 
 @dataclass
@@ -172,12 +181,12 @@ class Trainer:
         self.ddp = None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # broadcast_buffers=False: the model's buffers (the DFT kernel, the window, the feature
-            # statistics) never change in training and DDP's construction has already copied rank 0's
-            # to every rank; broadcasting them again before every forward (1.3 MB) is a wait for nothing.
+            # No buffer broadcast before every forward: the model's buffers (the DFT kernel, the window,
+            # the feature statistics) never change in training and every rank computed the same ones;
+            # broadcasting them before every forward (1.3 MB) is a wait for nothing.
             # gradient_as_bucket_view: the gradients live in DDP's buckets, not copied in and out.
-            self.ddp = DistributedDataParallel(self.loss_module, device_ids=ids, broadcast_buffers=False,
-                                               gradient_as_bucket_view=True)
+            self.ddp = DistributedDataParallel(self.loss_module, device_ids=ids, gradient_as_bucket_view=True,
+                                               **NO_FORWARD_BUFFER_SYNC)
             if self.device.type == "cpu" and cfg.trainer.cpu_gradient_average == "shared_memory":
                 if int(os.environ.get("LOCAL_WORLD_SIZE", self.world)) != self.world:
                     self.log_line("gradients averaged by gloo: the ranks are on more than one machine")

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import shared_memory_average as sma
+from asrlib.train import NO_FORWARD_BUFFER_SYNC
 
 
 def free_port() -> int:
@@ -49,8 +50,8 @@ def worker(rank: int, world: int, port: int, directory: str, out: str) -> None:
         results = {"files_before": listing(directory)}
         for kind in ("shared", "gloo"):
             # bucket_cap_mb tiny: one bucket per parameter or so, so one step hands several over
-            ddp = DistributedDataParallel(model(), bucket_cap_mb=0.0005, broadcast_buffers=False,
-                                          gradient_as_bucket_view=True)
+            ddp = DistributedDataParallel(model(), bucket_cap_mb=0.0005, gradient_as_bucket_view=True,
+                                          **NO_FORWARD_BUFFER_SYNC)
             why = sma.attach(ddp, rank, world, directory) if kind == "shared" else ""
             results[kind + "_why"] = why
             steps = []

@@ -30,7 +30,7 @@ from asrlib import cli
 from asrlib import checkpoint as ckpt
 from asrlib.config import ConfigError, LoggerConfig, load_config
 from asrlib.logger import MissingExtraError, RunLogger, read_metrics
-from asrlib.train import Trainer, _primary_wer
+from asrlib.train import NO_FORWARD_BUFFER_SYNC, Trainer, _primary_wer
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "data_samples" / "digits"
@@ -373,6 +373,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_ddp_is_built_without_a_buffer_broadcast_per_forward_and_without_a_deprecation_warning(tmp_path):
+    """The keyword the trainer gives DistributedDataParallel stops the broadcast of the buffers
+    before every forward (DDP's own answer, ``will_sync_module_buffers``), and is the name this
+    torch accepts without warning (torch 2.13 deprecated ``broadcast_buffers``)."""
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = torch.nn.Linear(3, 2)
+    module.register_buffer("constant", torch.ones(4))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ddp = DistributedDataParallel(module, **NO_FORWARD_BUFFER_SYNC)
+        assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+        assert not ddp.will_sync_module_buffers()
+        assert DistributedDataParallel(module).will_sync_module_buffers()  # the default would sync them
+    finally:
+        dist.destroy_process_group()
 
 
 def test_ddp_two_processes_equal_one_process(tmp_path):
