@@ -1,0 +1,83 @@
+"""A manifest cut down to N of its speakers: how WER grows when a corpus has fewer voices.
+
+    .venv/bin/python scripts/speaker_subset.py --manifest data_samples/an4/train.jsonl \\
+        --speakers 32 --out runs/an4_s32/train.jsonl [--seed 0] [--force]
+
+The speakers (the lines' ``speaker`` field) are put in a random order fixed by ``--seed`` and
+the first N kept, every line of each, in the manifest's order; so for one seed the 32-speaker
+manifest is part of the 48-speaker one, and a learning curve compares nested sets.
+``audio_filepath`` is rewritten relative to the output's folder, so the new manifest may live
+anywhere. Prints how many speakers, lines and minutes of audio it kept. An existing output
+file is replaced only with ``--force``. docs/experiments.md ("How WER grows with the number
+of training speakers") trained the AN4 recipe on 32 and 48 of its 64 speakers this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+
+def choose_speakers(speakers: set[str], n: int, seed: int) -> set[str]:
+    order = sorted(speakers)
+    random.Random(seed).shuffle(order)
+    return set(order[:n])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--speakers", type=int, required=True, help="how many speakers to keep")
+    p.add_argument("--out", required=True, help="the new manifest (a .jsonl file)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    src, out = Path(args.manifest), Path(args.out)
+
+    def fail(msg: str) -> int:
+        print(f"speaker_subset.py: error: {msg}", file=sys.stderr)
+        return 2
+
+    if not src.is_file():
+        return fail(f"manifest not found: {src}")
+    if out.exists() and not args.force:
+        return fail(f"{out} exists; choose another --out or pass --force")
+    if out.resolve() == src.resolve():
+        return fail("--out is the input manifest; choose another file")
+    rows = []
+    for number, line in enumerate(src.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            return fail(f"{src}:{number}: not JSON ({e.msg})")
+        if not isinstance(row, dict) or "speaker" not in row or "audio_filepath" not in row:
+            return fail(f"{src}:{number}: a line needs 'audio_filepath' and 'speaker'")
+        rows.append(row)
+    speakers = {str(r["speaker"]) for r in rows}
+    if not 1 <= args.speakers <= len(speakers):
+        return fail(f"--speakers {args.speakers}: {src} has {len(speakers)} speakers")
+    keep = choose_speakers(speakers, args.speakers, args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for row in rows:
+        if str(row["speaker"]) in keep:
+            audio = Path(row["audio_filepath"])
+            if not audio.is_absolute():
+                audio = src.parent / audio
+            kept.append({**row, "audio_filepath": Path(os.path.relpath(audio, out.parent)).as_posix()})
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(out)
+    minutes = sum(float(r.get("duration", 0.0)) for r in kept) / 60
+    print(f"{out}: {len(keep)} of {len(speakers)} speakers, {len(kept)} of {len(rows)} lines, {minutes:.1f} minutes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
