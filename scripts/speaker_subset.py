@@ -1,11 +1,14 @@
 """A manifest cut down to N of its speakers: how WER grows when a corpus has fewer voices.
 
     .venv/bin/python scripts/speaker_subset.py --manifest data_samples/an4/train.jsonl \\
-        --speakers 32 --out runs/an4_s32/train.jsonl [--seed 0] [--force]
+        --speakers 32 --out runs/an4_s32/train.jsonl [--share 1.0] [--seed 0] [--force]
 
 The speakers (the lines' ``speaker`` field) are put in a random order fixed by ``--seed`` and
 the first N kept, every line of each, in the manifest's order; so for one seed the 32-speaker
-manifest is part of the 48-speaker one, and a learning curve compares nested sets.
+manifest is part of the 48-speaker one, and a learning curve compares nested sets. With
+``--share F`` < 1 each kept speaker keeps only round(F x its lines) (at least one), chosen at
+random for the seed: every voice, less speech from each, to tell the number of voices from
+the hours of audio.
 ``audio_filepath`` is rewritten relative to the output's folder, so the new manifest may live
 anywhere. Prints how many speakers, lines and minutes of audio it kept. An existing output
 file is replaced only with ``--force``. docs/experiments.md ("How WER grows with the number
@@ -28,11 +31,26 @@ def choose_speakers(speakers: set[str], n: int, seed: int) -> set[str]:
     return set(order[:n])
 
 
+def choose_lines(rows: list[dict], speakers: set[str], share: float, seed: int) -> set[int]:
+    """Indices of the lines kept: all of each speaker's, or a random round(share x n) (>= 1) of them."""
+    by_speaker: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if str(row["speaker"]) in speakers:
+            by_speaker.setdefault(str(row["speaker"]), []).append(i)
+    rng = random.Random(seed)
+    chosen: set[int] = set()
+    for speaker in sorted(by_speaker):
+        lines = by_speaker[speaker]
+        chosen.update(rng.sample(lines, max(1, round(share * len(lines)))) if share < 1.0 else lines)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True)
     p.add_argument("--speakers", type=int, required=True, help="how many speakers to keep")
     p.add_argument("--out", required=True, help="the new manifest (a .jsonl file)")
+    p.add_argument("--share", type=float, default=1.0, help="the share of each kept speaker's lines to keep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
@@ -62,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     speakers = {str(r["speaker"]) for r in rows}
     if not 1 <= args.speakers <= len(speakers):
         return fail(f"--speakers {args.speakers}: {src} has {len(speakers)} speakers")
+    if not 0.0 < args.share <= 1.0:
+        return fail(f"--share {args.share}: give a share of each speaker's lines in (0, 1]")
     keep = choose_speakers(speakers, args.speakers, args.seed)
+    chosen_lines = choose_lines(rows, keep, args.share, args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = []
-    for row in rows:
-        if str(row["speaker"]) in keep:
+    for i, row in enumerate(rows):
+        if i in chosen_lines:
             audio = Path(row["audio_filepath"])
             if not audio.is_absolute():
                 audio = src.parent / audio

@@ -84,3 +84,20 @@ def test_refuses_to_overwrite_and_names_bad_input(script, corpus, tmp_path, caps
     no_speaker.write_text(json.dumps({"audio_filepath": "a.flac", "text": "x"}) + "\n")
     assert script.main(["--manifest", str(no_speaker), "--speakers", "1", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert f"{no_speaker}:1" in capsys.readouterr().err
+
+
+def test_share_keeps_every_speaker_with_a_rounded_share_of_their_own_lines(script, corpus, tmp_path):
+    manifest, rows = corpus
+    out = tmp_path / "half.jsonl"
+    assert script.main(["--manifest", str(manifest), "--speakers", "8", "--share", "0.5", "--out", str(out)]) == 0
+    kept = read(out)
+    per_speaker = Counter(r["speaker"] for r in kept)
+    # speaker s has s + 1 lines: round(0.5 * (s + 1)) of them stay, at least one
+    assert per_speaker == {f"spk{s}": max(1, round(0.5 * (s + 1))) for s in range(8)}
+    texts = {r["text"] for r in rows}
+    assert all(r["text"] in texts for r in kept)
+    assert [r["text"] for r in kept] == [r["text"] for r in rows if r["text"] in {k["text"] for k in kept}]  # in order
+    again = tmp_path / "again.jsonl"
+    assert script.main(["--manifest", str(manifest), "--speakers", "8", "--share", "0.5", "--out", str(again)]) == 0
+    assert again.read_text() == out.read_text()
+    assert script.main(["--manifest", str(manifest), "--speakers", "8", "--share", "1.5", "--out", str(tmp_path / "x.jsonl")]) == 2
