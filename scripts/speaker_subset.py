@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from asrlib.data.manifest import ManifestError, iter_lines, resolve_audio_path, write_manifest  # noqa: E402
 
 
 def choose_speakers(speakers: set[str], n: int, seed: int) -> set[str]:
@@ -61,23 +65,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speaker_subset.py: error: {msg}", file=sys.stderr)
         return 2
 
-    if not src.is_file():
-        return fail(f"manifest not found: {src}")
-    if out.exists() and not args.force:
-        return fail(f"{out} exists; choose another --out or pass --force")
-    if out.resolve() == src.resolve():
+    if out.exists() and out.resolve() == src.resolve():
         return fail("--out is the input manifest; choose another file")
     rows = []
-    for number, line in enumerate(src.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            return fail(f"{src}:{number}: not JSON ({e.msg})")
-        if not isinstance(row, dict) or "speaker" not in row or "audio_filepath" not in row:
-            return fail(f"{src}:{number}: a line needs 'audio_filepath' and 'speaker'")
-        rows.append(row)
+    try:
+        for number, line in iter_lines(src):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                return fail(f"{src}:{number}: not JSON ({e.msg})")
+            if not isinstance(row, dict) or "speaker" not in row or "audio_filepath" not in row:
+                return fail(f"{src}:{number}: a line needs 'audio_filepath' and 'speaker'")
+            rows.append(row)
+    except ManifestError as e:
+        return fail(str(e))
     speakers = {str(r["speaker"]) for r in rows}
     if not 1 <= args.speakers <= len(speakers):
         return fail(f"--speakers {args.speakers}: {src} has {len(speakers)} speakers")
@@ -85,17 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--share {args.share}: give a share of each speaker's lines in (0, 1]")
     keep = choose_speakers(speakers, args.speakers, args.seed)
     chosen_lines = choose_lines(rows, keep, args.share, args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    for i, row in enumerate(rows):
-        if i in chosen_lines:
-            audio = Path(row["audio_filepath"])
-            if not audio.is_absolute():
-                audio = src.parent / audio
-            kept.append({**row, "audio_filepath": Path(os.path.relpath(audio, out.parent)).as_posix()})
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(out)
+    # absolute paths here; write_manifest makes them relative to the new file's folder
+    kept = [{**row, "audio_filepath": resolve_audio_path(row["audio_filepath"], src)}
+            for i, row in enumerate(rows) if i in chosen_lines]
+    try:
+        write_manifest(out, kept, force=args.force)
+    except ManifestError as e:
+        return fail(str(e))
     minutes = sum(float(r.get("duration", 0.0)) for r in kept) / 60
     print(f"{out}: {len(keep)} of {len(speakers)} speakers, {len(kept)} of {len(rows)} lines, {minutes:.1f} minutes")
     return 0
