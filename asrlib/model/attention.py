@@ -127,7 +127,9 @@ class GroupedQueryAttention(nn.Module):
         if mask.shape[-2] != 1:  # one mask row per query: repeat the rows for the G stacked heads
             mask = mask.repeat(1, 1, G, 1)  # (B|1, 1, G*Tq, S)
         y = self._sdpa(q.reshape(B, K, G * Tq, P), k, v, mask)  # (B, K, G*Tq, P)
-        y = y.view(B, H, Tq, P).transpose(1, 2).reshape(B, Tq, H * P)  # (B, Tq, H*P)
+        # Split, never merge, before the permute: on CUDA, SDPA returns (B, K, G*Tq, P) stored as
+        # (B, G*Tq, K, P), where K and G cannot be merged into H by a view.
+        y = y.view(B, K, G, Tq, P).permute(0, 3, 1, 2, 4).reshape(B, Tq, H * P)  # (B, Tq, H*P)
         return self.out_proj(y)
 
     # ------------------------------------------------------------------ training path

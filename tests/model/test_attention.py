@@ -196,6 +196,29 @@ def test_step_equals_forward_float64():
     assert (ys - m(x)).abs().max().item() <= 1e-12
 
 
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_any_sdpa_output_layout(monkeypatch, n_kv_heads):
+    """CUDA's flash and memory-efficient kernels return (X, H, Tq, P) stored as (X, Tq, H, P), not
+    contiguous (an H200 run found ``step`` failing on it); every path must accept that layout."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def strided_sdpa(*args, **kwargs):
+        y = sdpa(*args, **kwargs)  # (X, H, Tq, P)
+        y = y.transpose(1, 2).contiguous().transpose(1, 2)  # same values, the CUDA kernels' strides
+        assert not y.is_contiguous() or y.shape[1] == 1 or y.shape[2] == 1
+        return y
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", strided_sdpa)
+    chunk, left, T = 3, 1, 11
+    m = make(n_heads=4, n_kv_heads=n_kv_heads, chunk=chunk, left=left)
+    x = torch.randn(2, T, D)
+    ref = attention_ref(m, x, torch.tensor([T, T]), chunk, left)
+    assert torch.allclose(m(x), ref, atol=1e-5)
+    assert torch.allclose(m.forward_dense(x), ref, atol=1e-5)
+    ys, _ = stream(m, x, chunk)
+    assert torch.allclose(ys, ref, atol=1e-5)
+
+
 def test_streams_at_different_positions_in_one_batch():
     chunk = 4
     m = make(chunk=chunk, left=1)
