@@ -11,6 +11,7 @@
     asrlib export --checkpoint CK --out DIR         export.py
     asrlib average CK… [--last N] --out DIR         average.py
     asrlib significance A.json B.json               significance.py
+    asrlib speakers REPORT.json                     speakers.py
     asrlib ngram --tokenizer T --manifest M --out F ngram.py
 
 A user's mistake is one line, ``asrlib COMMAND: error: …``, exit status 2; ``--debug`` (anywhere
@@ -36,6 +37,7 @@ COMMANDS = {
     "export": ("asrlib.export", "export the streaming step to ONNX"),
     "average": ("asrlib.average", "average the weights of a run's checkpoints into a model folder"),
     "significance": ("asrlib.significance", "is one WER really lower than another? (paired bootstrap)"),
+    "speakers": ("asrlib.speakers", "an evaluation's errors speaker by speaker, beside each one's speaking rate"),
     "ngram": ("asrlib.ngram", "a token-level n-gram language model for beam search (ARPA)"),
 }
 

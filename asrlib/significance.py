@@ -69,8 +69,9 @@ def paired_counts(a: list[dict], b: list[dict], a_name: str = "A", b_name: str =
     return ids, np.array(words, float), np.array(err_a, float), np.array(err_b, float)
 
 
-def speakers_of(ids: list[str], manifest: str | Path | None = None) -> list[str] | None:
-    """Each utterance's ``speaker`` from the manifest line its id names; None if any line has none."""
+def manifest_lines(ids: list[str], manifest: str | Path | None = None) -> list[dict] | None:
+    """The JSON object of the manifest line each utterance id (``manifest:line``) names ({} for a
+    line that is not one); None if an id does not name a line."""
     lines: dict[str, list[str]] = {}
     out = []
     for uid in ids:
@@ -85,13 +86,19 @@ def speakers_of(ids: list[str], manifest: str | Path | None = None) -> list[str]
                 raise UsageError(f"{path}: cannot read the manifest that utterance {uid} comes from; run from the "
                                  "folder you evaluated in, or give it with --manifest")
         try:
-            speaker = json.loads(lines[path][int(number) - 1]).get("speaker")
-        except (IndexError, ValueError, AttributeError):
-            speaker = None
-        if speaker is None:
-            return None
-        out.append(str(speaker))
+            obj = json.loads(lines[path][int(number) - 1])
+        except (IndexError, ValueError):
+            obj = {}
+        out.append(obj if isinstance(obj, dict) else {})
     return out
+
+
+def speakers_of(ids: list[str], manifest: str | Path | None = None) -> list[str] | None:
+    """Each utterance's ``speaker`` from the manifest line its id names; None if any line has none."""
+    lines = manifest_lines(ids, manifest)
+    if lines is None or any(line.get("speaker") is None for line in lines):
+        return None
+    return [str(line["speaker"]) for line in lines]
 
 
 def paired_bootstrap(words, err_a, err_b, groups=None, resamples: int = 10000, seed: int = 0) -> dict:

@@ -59,6 +59,7 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), "--compile", str(AUDIO)]),  # --compile without --stream
         ("average", ["average", str(tmp / "nope.pt"), "--out", str(tmp / "avg")]),  # missing checkpoint
         ("significance", ["significance", str(tmp / "nope.json"), str(tmp / "nope.json")]),  # missing report
+        ("speakers", ["speakers", str(tmp / "nope.json")]),  # missing report
         ("compare-stream", ["compare-stream", "--checkpoint", str(tmp / "nope"), "--audio", str(AUDIO)]),
         ("compare-stream", ["compare-stream", "--checkpoint", str(MODEL), "--audio", str(corrupt)]),
         ("export", ["export", "--checkpoint", str(tmp / "nope"), "--out", str(tmp / "exp")]),

@@ -50,6 +50,7 @@ def test_librispeech(tmp_path, capsys):
     manifest = out / "dev-clean.jsonl"
     rows = lines(manifest)
     assert all(not Path(r["audio_filepath"]).is_absolute() for r in rows)
+    assert [r["speaker"] for r in rows] == [Path(r["audio_filepath"]).name.split("-")[0] for r in rows]
     entries, _ = read_manifest(manifest, strict=True)
     got = {Path(e.audio_filepath).stem: (e.text, e.duration, Path(e.audio_filepath)) for e in entries}
     assert got.keys() == expected.keys()
@@ -94,6 +95,7 @@ def test_commonvoice(tmp_path, capsys):
         assert Path(e.audio_filepath) == (cv / "clips" / Path(e.audio_filepath).name).resolve()
         assert abs(e.duration - seconds) < 0.08  # mp3 encoders pad a few ms
     assert all(not Path(r["audio_filepath"]).is_absolute() for r in lines(out / "validated.jsonl"))
+    assert [r["speaker"] for r in lines(out / "validated.jsonl")] == ["c0", "c1"]  # the TSV's client_id
     assert cli.main(["prepare", "commonvoice", str(cv), "--split", "validated", "--out", str(out)]) == 2
     assert cli.main(["prepare", "commonvoice", str(cv), "--split", "dev", "--out", str(out)]) == 2
     assert "dev.tsv not found" in capsys.readouterr().err

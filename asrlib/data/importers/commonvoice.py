@@ -8,8 +8,9 @@ Layout read (a Common Voice release, e.g. ``cv-corpus-17.0/ru``)::
     asrlib prepare commonvoice CV_LANG_DIR --split validated|train|dev|test --out DIR [--force]
 
 writes DIR/<split>.jsonl pointing at the mp3 clips (relative paths; nothing is converted:
-soundfile decodes mp3). The duration is measured by decoding each clip. Sentences are kept
-as written (case and punctuation). Rows with an empty sentence or a missing/unreadable
+soundfile decodes mp3). The duration is measured by decoding each clip, and the TSV's
+``client_id`` (the contributor) becomes the line's ``speaker``. Sentences are kept as written
+(case and punctuation). Rows with an empty sentence or a missing/unreadable
 clip are skipped and counted.
 
 Shapes: none.
@@ -61,7 +62,10 @@ def prepare_commonvoice(cv_dir: str | Path, split: str, out_dir: str | Path, for
             except AudioError:
                 counts["unreadable clip"] += 1
                 continue
-            rows.append({"audio_filepath": str(clip), "text": text, "duration": round(duration, 4)})
+            row_out = {"audio_filepath": str(clip), "text": text, "duration": round(duration, 4)}
+            if row.get("client_id"):  # the contributor: asrlib speakers and significance group by it
+                row_out["speaker"] = row["client_id"]
+            rows.append(row_out)
     counts["written"] = len(rows)
     write_manifest(manifest, rows, force=force)
     return manifest, counts

@@ -8,8 +8,8 @@ Layout read (e.g. ``LibriSpeech/dev-clean``)::
     asrlib prepare librispeech SPLIT_DIR --out DIR [--name NAME] [--force]
 
 writes DIR/NAME.jsonl (default NAME: the split folder's name) pointing at the flac files
-(relative paths; the audio is not copied). Texts are kept as LibriSpeech writes them
-(upper case). Utterances whose flac is missing or unreadable are skipped and counted.
+(relative paths; the audio is not copied), each line with its reader as ``speaker``. Texts
+are kept as LibriSpeech writes them (upper case). Utterances whose flac is missing or unreadable are skipped and counted.
 
 Shapes: none.
 """
@@ -52,7 +52,8 @@ def prepare_librispeech(split_dir: str | Path, out_dir: str | Path, name: str | 
             except AudioError:
                 counts["missing or unreadable flac"] += 1
                 continue
-            rows.append({"audio_filepath": str(audio), "text": text.strip(), "duration": round(info.duration, 4)})
+            rows.append({"audio_filepath": str(audio), "text": text.strip(), "duration": round(info.duration, 4),
+                         "speaker": trans.parent.parent.name})
     counts["written"] = len(rows)
     write_manifest(manifest, rows, force=force)
     return manifest, counts
