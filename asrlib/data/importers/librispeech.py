@@ -9,7 +9,8 @@ Layout read (e.g. ``LibriSpeech/dev-clean``)::
 
 writes DIR/NAME.jsonl (default NAME: the split folder's name) pointing at the flac files
 (relative paths; the audio is not copied), each line with its reader as ``speaker``. Texts
-are kept as LibriSpeech writes them (upper case). Utterances whose flac is missing or unreadable are skipped and counted.
+are kept as LibriSpeech writes them (upper case). Utterances whose flac is missing or
+unreadable are skipped and counted.
 
 Shapes: none.
 """
