@@ -64,6 +64,11 @@ def test_cli_table_and_json(tmp_path, capsys):
     assert r["rank_correlation_rate_wer"] == pytest.approx(1.0)
     assert "WER 22.22 % (4 errors in 18 words)" in printed and "fast" in printed.splitlines()[1]
     assert main([report, "--json", str(out)]) == 2  # an existing file is not replaced
+    capsys.readouterr()
+    assert main([report, "--top", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("fast") and printed[2] == "... 2 more (--top 0 prints all)"
+    assert "all 3 speakers" in printed[3]
 
 
 def test_cli_one_line_errors(tmp_path, capsys):
@@ -71,6 +76,8 @@ def test_cli_one_line_errors(tmp_path, capsys):
     assert main([report]) == 2
     err = capsys.readouterr().err
     assert "has no speaker" in err and "Traceback" not in err
+    assert main([write_case(tmp_path), "--top", "-1"]) == 2
+    assert "--top" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{")
     assert main([str(tmp_path / "bad.json")]) == 2
     assert "asrlib evaluate --json" in capsys.readouterr().err
