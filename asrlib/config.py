@@ -229,6 +229,11 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+    # what compile = true compiles: "blocks" = each encoder block on its own (regional compilation:
+    # one block's graph, reused by the blocks of its kind; frontend, heads and losses stay eager),
+    # "model" = the whole module that trains, losses and DDP included (far longer to compile: the
+    # RNN-T loss's loops unroll into the graph)
+    compile_scope: Literal["blocks", "model"] = "blocks"
     resume: str = ""  # "" | "auto" | path to a checkpoint
     # a checkpoint (.pt) or model folder (best_model/, models/...) whose weights a new run starts from
     # (fine-tuning): fresh optimiser, schedule and step; not used when the run resumes. In a file it is

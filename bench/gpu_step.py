@@ -12,7 +12,8 @@ clipping, AdamW, schedule) on a bare Trainer fed a ready batch. Speed and gain p
 run in the DataLoader workers, not in the step; their CPU time per batch is timed apart, on
 one core (``worker_perturb_seconds_per_batch``).
 
-Per mode (fp32 | bf16 | fp16 | X+compile): steps/s, audio-seconds/s, peak GPU memory, and
+Per mode (fp32 | bf16 | fp16 | X+compile, X+compile=blocks | X+compile=model: trainer.compile_scope;
+plain +compile takes the config's scope): steps/s, audio-seconds/s, peak GPU memory, and
 ``fraction_of_bf16_peak`` = model FLOPs per step / step time / the GPU's stated dense bf16 peak
 (``--peak-tflops``; known GPUs are looked up by name, see PEAK_TFLOPS). Model FLOPs per step
 are counted once by torch.utils.flop_counter (forward + backward of the eager fp32 step:
@@ -127,8 +128,10 @@ def scan_seconds(tr: Trainer, batch: Batch, amp_dtype, reps: int = 3) -> tuple[f
 
 def run_mode(mode: str, args, base_over: list[str], device: torch.device, batch: Batch, flops: float | None,
              peak: float | None) -> dict:
-    precision, _, compiled = mode.partition("+")
+    precision, _, compiled = mode.partition("+")  # "bf16+compile" or "bf16+compile=model"
     over = base_over + [f"trainer.precision={precision}", f"trainer.compile={'true' if compiled else 'false'}"]
+    if "=" in compiled:
+        over.append(f"trainer.compile_scope={compiled.partition('=')[2]}")
     cfg = load_config(args.config, over)
     cfg.model.vocab_size = args.vocab
     tr = bare_trainer(cfg, device)
@@ -145,6 +148,23 @@ def run_mode(mode: str, args, base_over: list[str], device: torch.device, batch:
     step_s = (time.perf_counter() - t0) / args.steps
     scan_s, n_mamba = scan_seconds(tr, batch, tr.amp_dtype)
     audio_s = float(batch.audio_lengths.sum()) / cfg.model.frontend.sample_rate
+    # batches of other shapes (as a real run's length buckets give): the first step at a shape pays
+    # for any recompilation, the second shows the step once compiled
+    new_shapes = []
+    for seconds in args.other_seconds:
+        utts = max(1, round(audio_s / seconds))
+        other = random_batch(utts, seconds, max(1, int(args.tokens_per_second * seconds)), args.vocab,
+                             cfg.model.frontend.sample_rate)
+        times = []
+        for _ in range(2):
+            sync(device)
+            t1 = time.perf_counter()
+            tr.train_step([other])
+            sync(device)
+            times.append(round(time.perf_counter() - t1, 3))
+        new_shapes.append({"utterances": utts, "seconds_each": seconds, "first_step_s": times[0],
+                           "second_step_s": times[1]})
+        print(json.dumps({"mode": mode, "other_shape": new_shapes[-1]}), file=sys.stderr, flush=True)
     return {
         "steps_per_s": round(1 / step_s, 4),
         "seconds_per_step": round(step_s, 4),
@@ -158,6 +178,7 @@ def run_mode(mode: str, args, base_over: list[str], device: torch.device, batch:
         "loss_first": round((first or timed)[0]["loss"], 4),
         "loss_last": round(timed[-1]["loss"], 4),
         "skipped_steps": int(sum(v["skipped"] for v in first + timed)),
+        **({"other_shapes": new_shapes} if new_shapes else {}),
     }
 
 
@@ -171,6 +192,9 @@ def main() -> int:
     p.add_argument("--utts", type=int, default=0, help="utterances per batch (0: budget / seconds, capped)")
     p.add_argument("--seconds", type=float, default=15.0, help="seconds per utterance")
     p.add_argument("--tokens-per-second", type=float, default=3.0)
+    p.add_argument("--other-seconds", type=float, nargs="*", default=[],
+                   help="after the timed steps, two steps at each of these utterance lengths (same audio per "
+                        "batch): what a new shape costs, recompilation included")
     p.add_argument("--vocab", type=int, default=1024, help="token pieces (seed_large's tokenizer is a real corpus's)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default: by name)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

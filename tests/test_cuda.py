@@ -45,14 +45,16 @@ def test_mixed_precision_steps_learn(tmp_path, precision):
     assert done[-1]["loss"] < 0.8 * done[0]["loss"], [v["loss"] for v in values]
 
 
-def test_compile_on_cuda_matches_eager(tmp_path):
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compile_on_cuda_matches_eager(tmp_path, scope):
     """Two steps compiled == two steps eager on CUDA: losses within 1e-4 relative, AdamW first
     moments within 1e-3 of each parameter's largest entry (fused kernels reorder sums; TF32 off)."""
     from test_train import assert_steps_close, two_steps
 
     torch.backends.cuda.matmul.allow_tf32 = False
     eager = two_steps(tmp_path, "eager", "trainer.device=cuda")
-    compiled = two_steps(tmp_path, "compiled", "trainer.device=cuda", "trainer.compile=true")
+    compiled = two_steps(tmp_path, "compiled", "trainer.device=cuda", "trainer.compile=true",
+                         f"trainer.compile_scope={scope}")
     assert_steps_close(eager, compiled, 1e-4, 1e-3)
 
 

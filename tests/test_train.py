@@ -672,15 +672,39 @@ def assert_steps_close(a, b, rel_loss: float, rel_grad: float) -> None:
         assert float((a[1][i] - b[1][i]).abs().max()) <= rel_grad * scale + 1e-9, f"parameter {i}"
 
 
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compile_scope_wraps_the_blocks_or_the_training_module(tmp_path, scope):
+    """blocks: every encoder block compiled in place, the module that trains left as it is and the
+    parameter names those of an uncompiled model (its checkpoints load anywhere); model: the
+    module that trains wrapped whole. torch.compile is lazy: nothing is compiled here."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    manifest = make_manifest(tmp_path, SHORT)
+    plain = Trainer(tiny_config(tmp_path / "plain", manifest))
+    plain.setup()
+    tr = Trainer(tiny_config(tmp_path / scope, manifest, "trainer.compile=true", f"trainer.compile_scope={scope}"))
+    tr.setup()
+    blocks = list(tr.model.encoder.blocks)
+    assert [b._compiled_call_impl is not None for b in blocks] == [scope == "blocks"] * len(blocks)
+    assert isinstance(tr.train_module, OptimizedModule) == (scope == "model")
+    assert list(tr.model.state_dict()) == list(plain.model.state_dict())
+
+
 @pytest.mark.slow
-def test_compiled_graph_capture_equals_eager(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compiled_graph_capture_equals_eager(tmp_path, monkeypatch, scope):
     """torch.compile's capture (dynamo + AOT autograd, backend aot_eager: no code generation)
-    of the training module takes the same two steps as eager, bit for bit (~30 s on 1 CPU)."""
+    of each encoder block or of the whole training module takes the same two steps as eager,
+    bit for bit (~30 s on 1 CPU), and really went through the compiler."""
     import functools
+
+    from torch._dynamo.utils import counters
 
     eager = two_steps(tmp_path, "eager")
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    compiled = two_steps(tmp_path, "compiled", "trainer.compile=true")
+    counters.clear()
+    compiled = two_steps(tmp_path, "compiled", "trainer.compile=true", f"trainer.compile_scope={scope}")
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured graphs: not silently eager
     assert compiled[0] == eager[0]
     assert_steps_close(eager, compiled, 0.0, 0.0)
 
@@ -689,19 +713,20 @@ def test_compiled_graph_capture_equals_eager(tmp_path, monkeypatch):
 @pytest.mark.skipif(os.environ.get("ASRLIB_TEST_INDUCTOR") != "1",
                     reason="inductor on a CPU compiles for 5-15 minutes: set ASRLIB_TEST_INDUCTOR=1 to run it "
                            "(make test keeps the aot_eager graph-capture test above; gpu_check.sh compiles on CUDA)")
-def test_compiled_inductor_two_steps_match_eager(tmp_path):
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compiled_inductor_two_steps_match_eager(tmp_path, scope):
     """The real thing on CPU (inductor, C++ code generation: needs g++; minutes on a busy
     2-core machine). Tolerance: losses 1e-5 relative, AdamW first moments 1e-4 of each
     parameter's largest entry: generated kernels reorder float32 sums."""
     eager = two_steps(tmp_path, "eager")
-    compiled = two_steps(tmp_path, "compiled", "trainer.compile=true")
+    compiled = two_steps(tmp_path, "compiled", "trainer.compile=true", f"trainer.compile_scope={scope}")
     assert compiled[0] == pytest.approx(eager[0], rel=1e-5)
     assert_steps_close(eager, compiled, 1e-5, 1e-4)
 
 
 def test_compile_wraps_the_module_that_trains(tmp_path, monkeypatch):
-    """trainer.compile compiles what train_step calls (the DDP wrapper under DDP, else the loss
-    module); it used to compile a module that never ran under DDP."""
+    """trainer.compile_scope = "model" compiles what train_step calls (the DDP wrapper under DDP,
+    else the loss module); it used to compile a module that never ran under DDP."""
     compiled = []
 
     def fake_compile(module, **kw):
@@ -709,7 +734,8 @@ def test_compile_wraps_the_module_that_trains(tmp_path, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    tr = Trainer(tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:1]), "trainer.compile=true"))
+    tr = Trainer(tiny_config(tmp_path / "run", make_manifest(tmp_path, SHORT[:1]), "trainer.compile=true",
+                             "trainer.compile_scope=model"))
     tr.setup()
     assert compiled == [tr.loss_module] and tr.train_module is tr.loss_module and tr.ddp is None
     calls = []
