@@ -164,7 +164,7 @@ def run_mode(mode: str, args, base_over: list[str], device: torch.device, batch:
             times.append(round(time.perf_counter() - t1, 3))
         new_shapes.append({"utterances": utts, "seconds_each": seconds, "first_step_s": times[0],
                            "second_step_s": times[1]})
-        print(json.dumps({"mode": mode, "other_shape": new_shapes[-1]}), file=sys.stderr, flush=True)
+        print(json.dumps({"other_shape": new_shapes[-1], "mode": mode}), file=sys.stderr, flush=True)
     return {
         "steps_per_s": round(1 / step_s, 4),
         "seconds_per_step": round(step_s, 4),

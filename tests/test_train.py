@@ -716,6 +716,8 @@ def test_fit_with_compiled_blocks_logs_what_eager_logs(tmp_path, monkeypatch):
     (a deep copy of compiled blocks, which runs eagerly) and the training weights beside it."""
     import functools
 
+    from asrlib.logger import read_metrics
+
     manifest = make_manifest(tmp_path, SHORT)
 
     def fit(tag, *extra):
@@ -724,7 +726,7 @@ def test_fit_with_compiled_blocks_logs_what_eager_logs(tmp_path, monkeypatch):
         tr = Trainer(cfg)
         tr.setup()
         tr.fit()
-        return [json.loads(line) for line in (tmp_path / tag / "metrics.jsonl").read_text().splitlines()]
+        return read_metrics(tmp_path / tag)
 
     from torch._dynamo.utils import counters
 
