@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -398,11 +399,27 @@ def test_ddp_is_built_without_a_buffer_broadcast_per_forward_and_without_a_depre
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path):
+# torchrun runs this instead of ``-m asrlib.train`` for the compiled case: torch.compile with the
+# aot_eager backend (dynamo's capture and AOT autograd, no code generation), as the in-process
+# compile tests patch it.
+AOT_EAGER_TRAIN = """import functools, runpy, sys, torch
+from torch._dynamo.utils import counters
+torch.compile = functools.partial(torch.compile, backend="aot_eager")
+try:
+    runpy.run_module("asrlib.train", run_name="__main__")
+finally:
+    print("graphs captured:", counters["stats"]["unique_graphs"], file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled_blocks"])
+def test_ddp_two_processes_equal_one_process(tmp_path, compiled):
     """Two gloo ranks with one utterance each == one process with both in one batch.
 
     Both utterances have 3 target tokens, so the mean of the per-rank per-token means (what
-    DDP's gradient averaging computes) equals the per-token mean of the joint batch.
+    DDP's gradient averaging computes) equals the per-token mean of the joint batch. Compiled:
+    the ranks compile each encoder block (trainer.compile, the "blocks" scope) and the one
+    process runs eagerly, so DDP's gradient hooks must fire from the compiled blocks' backward.
     """
     train = make_manifest(tmp_path, EQUAL_TOKENS)
     common = ["spec_augment.freq_masks=0", "spec_augment.time_masks=0", "trainer.max_steps=1",
@@ -410,14 +427,23 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
               "train_dataset.batch_seconds=100.0", "optim.warmup_steps=0", "optim.schedule=constant",
               "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
               f"train_dataset.train_manifest={train}", "validation_dataset.validation_manifest=[]"]
+    launch = ["-m", "asrlib.train"]
+    ddp_only = [f"trainer.output_dir={tmp_path / 'ddp'}", "train_dataset.max_batch_size=1"]
+    if compiled:
+        (tmp_path / "train_aot_eager.py").write_text(AOT_EAGER_TRAIN)
+        launch = [str(tmp_path / "train_aot_eager.py")]
+        ddp_only += ["trainer.compile=true", "trainer.compile_scope=blocks"]
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(_free_port()), "-m", "asrlib.train", "--config", str(TINY)]
-    for o in common + [f"trainer.output_dir={tmp_path / 'ddp'}", "train_dataset.max_batch_size=1"]:
+            "--master_port", str(_free_port()), *launch, "--config", str(TINY)]
+    for o in common + ddp_only:
         args += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stderr
+    if compiled:  # each rank captured the graphs of both block kinds: not silently eager
+        captured = [int(n) for n in re.findall(r"graphs captured: (\d+)", r.stderr)]
+        assert len(captured) == 2 and min(captured) >= 2, r.stderr[-3000:]
 
     cfg = load_config(TINY, common + [f"trainer.output_dir={tmp_path / 'one'}", "train_dataset.max_batch_size=2"])
     one = Trainer(cfg)
