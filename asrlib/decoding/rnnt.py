@@ -90,7 +90,29 @@ class RNNTGreedyState:
         return RNNTGreedyState(st.scatter(self.pred_state, idx, sub.pred_state), pred_out, tokens, stamps, scores)
 
 
-class RNNTGreedyDecoder:
+class _ChunkedRNNTDecoder:
+    """What both RNN-T decoders share: ``decode`` is ``init_state`` plus one ``decode_chunk`` over
+    the whole encoder output (so streaming, chunk by chunk, gives the same result), and a state's
+    ``tokens`` / ``timestamps`` / ``scores`` are its results."""
+
+    @torch.no_grad()
+    def decode(
+        self, pred_net: Any, joint: Any, enc: Tensor, lengths: Tensor, detokenize: Detokenize | None = None
+    ) -> list[DecodingResult]:
+        _check_enc(enc, lengths)
+        state = self.init_state(enc.shape[0], pred_net, enc.device)
+        state = self.decode_chunk(pred_net, joint, enc, state, 0, lengths)
+        return self.results(state, detokenize)
+
+    @staticmethod
+    def results(state, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """The hypotheses held by a state (partial results while streaming): for beam search each
+        stream's best hypothesis, were its utterance to end now."""
+        return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
+                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
+
+
+class RNNTGreedyDecoder(_ChunkedRNNTDecoder):
     """Greedy RNN-T search, batched: the utterances advance one emitted label at a time together.
 
     On each frame the best symbol is taken: a token is emitted (that utterance's prediction
@@ -189,23 +211,6 @@ class RNNTGreedyDecoder:
                 rows = [b for b in emitters if t[b] < ends[b]]
         return RNNTGreedyState(pred_state, pred_out, tokens, stamps, scores)
 
-    @torch.no_grad()
-    def decode(
-        self, pred_net: Any, joint: Any, enc: Tensor, lengths: Tensor, detokenize: Detokenize | None = None
-    ) -> list[DecodingResult]:
-        _check_enc(enc, lengths)
-        state = self.init_state(enc.shape[0], pred_net, enc.device)
-        state = self.decode_chunk(pred_net, joint, enc, state, 0, lengths)
-        return self.results(state, detokenize)
-
-    @staticmethod
-    def results(state: RNNTGreedyState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        """The hypotheses held by a state (partial results while streaming)."""
-        return [
-            DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
-            for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)
-        ]
-
 
 @dataclass(frozen=True)
 class RNNTBeamOptions:
@@ -276,7 +281,7 @@ def _close(closed: dict, hyps: list, end_scores: list[float], r: int) -> None:
             closed[seq] = (s, stamps, r, a)
 
 
-class RNNTBeamDecoder:
+class RNNTBeamDecoder(_ChunkedRNNTDecoder):
     """Beam search over the lattice greedy search walks: up to ``max_symbols_per_frame`` tokens
     per frame, then a blank (or the cap) ends the frame. Each stream (utterance) is searched on
     its own; like greedy search it runs chunk by chunk (``init_state``, ``decode_chunk``), and
@@ -351,23 +356,6 @@ class RNNTBeamDecoder:
             hyps[b], scores[b], pred_state[b], pred_out[b], _ = search
             ends[b] = [self._end(seq) for seq, _ in hyps[b]]
         return RNNTBeamState(hyps, scores, ends, pred_state, pred_out)
-
-    @torch.no_grad()
-    def decode(
-        self, pred_net: Any, joint: Any, enc: Tensor, lengths: Tensor, detokenize: Detokenize | None = None
-    ) -> list[DecodingResult]:
-        _check_enc(enc, lengths)
-        state = self.init_state(enc.shape[0], pred_net, enc.device)
-        state = self.decode_chunk(pred_net, joint, enc, state, 0, lengths)
-        return self.results(state, detokenize)
-
-    @staticmethod
-    def results(state: RNNTBeamState, detokenize: Detokenize | None = None) -> list[DecodingResult]:
-        """Each stream's best hypothesis, were its utterance to end now."""
-        return [
-            DecodingResult(tok, ts, score, detokenize(tok) if detokenize else "")
-            for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)
-        ]
 
     def _end(self, seq: tuple[int, ...]) -> float:
         lm = self.options.lm
