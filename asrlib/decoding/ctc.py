@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from asrlib.decoding.result import DecodingResult
+from asrlib.decoding.result import DecodingResult, results_of
 
 Detokenize = Callable[[list[int]], str]
 NEG_INF = float("-inf")
@@ -65,8 +65,7 @@ class _ChunkedCTCDecoder:
     def results(state, detokenize: Detokenize | None = None) -> list[DecodingResult]:
         """The hypotheses held by a state (partial results while streaming): for beam search each
         stream's best labelling, were its utterance to end now."""
-        return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
-                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
+        return results_of(state, detokenize)
 
 
 @dataclass(frozen=True)

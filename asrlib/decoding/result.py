@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 
 @dataclass
@@ -17,3 +18,10 @@ class DecodingResult:
     timestamps: list[int] = field(default_factory=list)  # encoder frame of each token (same length)
     score: float = 0.0  # log-prob of the hypothesis as defined by the decoder
     text: str = ""  # detokenize(tokens), or "" when no detokenizer was given
+
+
+def results_of(state: Any, detokenize: Callable[[list[int]], str] | None = None) -> list[DecodingResult]:
+    """The hypotheses a decoder's state holds, one per stream, from its ``tokens``, ``timestamps``
+    and ``scores`` (partial results while streaming; for a beam search each stream's best)."""
+    return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
+            for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrlib.decoding.result import DecodingResult
+from asrlib.decoding.result import DecodingResult, results_of
 from asrlib.model import state as st
 
 Detokenize = Callable[[list[int]], str]
@@ -108,8 +108,7 @@ class _ChunkedRNNTDecoder:
     def results(state, detokenize: Detokenize | None = None) -> list[DecodingResult]:
         """The hypotheses held by a state (partial results while streaming): for beam search each
         stream's best hypothesis, were its utterance to end now."""
-        return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")
-                for tok, ts, score in zip(state.tokens, state.timestamps, state.scores)]
+        return results_of(state, detokenize)
 
 
 class RNNTGreedyDecoder(_ChunkedRNNTDecoder):
