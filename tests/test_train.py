@@ -742,8 +742,6 @@ def test_fit_with_compiled_blocks_logs_what_eager_logs(tmp_path, monkeypatch):
     (a deep copy of compiled blocks, which runs eagerly) and the training weights beside it."""
     import functools
 
-    from asrlib.logger import read_metrics
-
     manifest = make_manifest(tmp_path, SHORT)
 
     def fit(tag, *extra):

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from asrlib.decoding.result import DecodingResult, results_of
+from asrlib.decoding.result import DecodingResult, Detokenize, results_of
 
-Detokenize = Callable[[list[int]], str]
 NEG_INF = float("-inf")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+Detokenize = Callable[[list[int]], str]  # token ids -> text (a tokenizer's decode)
+
 
 @dataclass
 class DecodingResult:
@@ -20,7 +22,7 @@ class DecodingResult:
     text: str = ""  # detokenize(tokens), or "" when no detokenizer was given
 
 
-def results_of(state: Any, detokenize: Callable[[list[int]], str] | None = None) -> list[DecodingResult]:
+def results_of(state: Any, detokenize: Detokenize | None = None) -> list[DecodingResult]:
     """The hypotheses a decoder's state holds, one per stream, from its ``tokens``, ``timestamps``
     and ``scores`` (partial results while streaming; for a beam search each stream's best)."""
     return [DecodingResult(list(tok), list(ts), score, detokenize(tok) if detokenize else "")

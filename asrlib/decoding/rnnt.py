@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from asrlib.decoding.result import DecodingResult, results_of
+from asrlib.decoding.result import DecodingResult, Detokenize, results_of
 from asrlib.model import state as st
 
-Detokenize = Callable[[list[int]], str]
 
 
 def _check_enc(enc: Tensor, lengths: Tensor | None) -> None:
