@@ -29,7 +29,6 @@ from asrlib.decoding.result import DecodingResult, Detokenize, results_of
 from asrlib.model import state as st
 
 
-
 def _check_enc(enc: Tensor, lengths: Tensor | None) -> None:
     if enc.dim() != 3:
         raise ValueError(f"RNN-T decoding expects encoder output of shape (B, T, D), got {tuple(enc.shape)}")
