@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from asrlib.config import model_config_from_dict, to_dict
+from asrlib.config import ConfigError, model_config_from_dict, to_dict
 from asrlib.model.hybrid import HybridASR, build_model
 
 
@@ -134,7 +134,12 @@ RUNTIME_KEYS = ("model.encoder.mamba2.backend",)  # runtime choices: may differ 
 def model_mismatch(saved: dict, now: dict) -> str | None:
     """The first config key whose value differs, as ``key = X in the checkpoint, Y now`` (None if equal).
 
-    Keys in ``RUNTIME_KEYS`` are not compared."""
+    Keys in ``RUNTIME_KEYS`` are not compared. A key the checkpoint lacks (it was written before
+    the key existed, e.g. ``phone_vocab_size``) is compared as its default value."""
+    try:
+        saved = to_dict(model_config_from_dict(saved))
+    except ConfigError:  # a key this version does not know (a newer checkpoint): compared as written
+        pass
     return next(model_differences(saved, now), None)
 
 

@@ -130,6 +130,9 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     joint: JointConfig = field(default_factory=JointConfig)
+    # phones of loss.phone_lexicon: > 0 adds a CTC head over them (training only; asrlib/lexicon.py).
+    # Filled from the lexicon when 0 and loss.phone_ctc_weight > 0. Blank = phone_vocab_size.
+    phone_vocab_size: int = 0
 
 
 # --------------------------------------------------------------------------- data
@@ -189,6 +192,11 @@ class LossConfig:
     # blocks (1-based), and loss += inter_ctc_weight * their mean CTC loss; training only
     inter_ctc_blocks: list[int] = field(default_factory=list)
     inter_ctc_weight: float = 0.0
+    # auxiliary CTC over phones (asrlib/lexicon.py): a second CTC head on the encoder output whose
+    # targets are the transcript's words spelled by phone_lexicon; loss += phone_ctc_weight * its
+    # per-phone mean. Training only: nothing at inference reads the head.
+    phone_ctc_weight: float = 0.0
+    phone_lexicon: str = ""  # 'WORD PHONE PHONE ...' lines; relative to the config file's folder
     rnnt_backend: Literal["auto", "native", "torchaudio"] = "native"
     zero_infinity: bool = True  # infeasible utterances contribute 0 and are counted
     fused_t_chunk: int = 0  # native and pruned RNN-T: frames of the joint evaluated at once; 0 = auto
@@ -276,7 +284,7 @@ class Config:
 
 # Fields that hold paths relative to the config file's folder.
 _PATH_LIST_KEYS = {"train_dataset.train_manifest", "train_dataset.noise_manifest", "validation_dataset.validation_manifest"}
-_PATH_KEYS = {"tokenizer.tokenizer_path", "trainer.init_from"}
+_PATH_KEYS = {"tokenizer.tokenizer_path", "trainer.init_from", "loss.phone_lexicon"}
 
 
 class ConfigError(ValueError):
@@ -488,6 +496,10 @@ def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<
     if loss.inter_ctc_weight > 0 and not loss.inter_ctc_blocks:
         raise ConfigError(f"{source}: loss.inter_ctc_weight = {loss.inter_ctc_weight} but loss.inter_ctc_blocks "
                           "is empty: name the blocks whose output the CTC head should also read, e.g. [3]")
+    if loss.phone_ctc_weight < 0 or (loss.phone_ctc_weight > 0 and not loss.phone_lexicon):
+        raise ConfigError(f"{source}: loss.phone_ctc_weight = {loss.phone_ctc_weight}, phone_lexicon = "
+                          f"{loss.phone_lexicon!r}: expected a weight >= 0 and, when it is > 0, the path of a "
+                          "lexicon file ('WORD PHONE PHONE ...' lines; see asrlib/lexicon.py)")
     if loss.rnnt == "pruned" and not model.joint.simple_projections:
         raise ConfigError(f"{source}: loss.rnnt = \"pruned\" needs the simple projections on the model: "
                           "set model.joint.simple_projections = true (a model trained so keeps them in its "

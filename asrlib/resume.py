@@ -98,7 +98,9 @@ def init_from(model, source: str, tokenizer, modules: list[str], log=print) -> l
         why = differences[0] if differences and not modules else f"{misfit[0]} differs"
         raise UsageError(f"trainer.init_from = {source}: its weights do not fit this model ({why}); start from a "
                          "checkpoint of the same architecture")
-    model.load_state_dict(theirs, strict=not modules)
+    # every key of the parts is checked above; what lies outside them (the training-only phone head,
+    # whichever side has one) keeps this model's fresh values
+    model.load_state_dict(theirs, strict=False)
     what = f"the {', '.join(parts)} of {source}" if modules else source
     log(f"initialised from {what}" + (" (its settings differ: " + "; ".join(differences) + ")"
                                        if differences else " (the same model settings)"))

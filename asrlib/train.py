@@ -51,6 +51,7 @@ from asrlib.device import pick_device
 from asrlib.ema import WeightEMA
 from asrlib.errors import UsageError, report_usage_errors
 from asrlib.evaluate import evaluate_dataset
+from asrlib.lexicon import phone_lexicon
 from asrlib.logger import RunLogger
 from asrlib.losses.hybrid import HybridLoss
 from asrlib.model.frontend import feature_stats
@@ -94,6 +95,7 @@ class Trainer:
         self.resume_command = resume_command or "asrlib train --config <your config> --resume auto"
         self.stopped_by = ""  # signal name when a SIGINT/SIGTERM ended fit() early
         self.aborted = False  # a second signal ended it without saving (the ranks may be out of step)
+        self.lexicon = None  # loss.phone_lexicon, read by setup() when loss.phone_ctc_weight > 0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -145,6 +147,8 @@ class Trainer:
         self.sampler = BucketBatchSampler([e.duration for e in entries], td.batch_seconds, td.max_batch_size,
                                           td.num_buckets, cfg.trainer.seed, self.rank, self.world,
                                           sorted_epochs=td.sorted_epochs, with_epoch=True)
+        # the auxiliary phone CTC's lexicon (None without loss.phone_ctc_weight); sizes the model's phone head
+        self.lexicon = phone_lexicon(cfg, (e.text for e in entries))
         self.model = build_model(cfg.model).to(self.device)
         if self.rank == 0:
             check_free_space(self.out, checkpoint_bytes(self.model, cfg.trainer.keep_last))
@@ -323,11 +327,15 @@ class Trainer:
                          if step >= self.cfg.spec_augment.start_step else None)  # None: no SpecAugment
                 # the pruned loss's scales warm up with the step (passed only there: a changing int
                 # would make torch.compile recompile the full loss for nothing)
-                out = module(*args, noise, **({"step": step} if self.cfg.loss.rnnt == "pruned" else {}))
+                kw = {"step": step} if self.cfg.loss.rnnt == "pruned" else {}
+                if self.lexicon is not None:  # the transcripts spelled in phones, for the phone CTC head
+                    phones = self.lexicon.targets(batch.texts)
+                    kw.update(phones=phones[0].to(self.device), phone_lengths=phones[1].to(self.device))
+                out = module(*args, noise, **kw)
             loss = out["loss"] / len(batches)
             finite &= bool(torch.isfinite(loss))
             self.scaler.scale(loss).backward()
-            for k in ("rnnt_simple", "rnnt_pruned", "inter_ctc"):  # optional parts, for the curves
+            for k in ("rnnt_simple", "rnnt_pruned", "inter_ctc", "phone_ctc"):  # optional parts, for the curves
                 if k in out:
                     totals[k] = totals.get(k, 0.0) + float(out[k]) / len(batches)
             for k in ("loss", "rnnt", "ctc", "infeasible"):

@@ -194,3 +194,17 @@ def test_model_saved_with_cuda_backend_runs_on_cpu(tmp_path):
                                                   "mamba2": {**state["config"]["model"]["encoder"]["mamba2"],
                                                              "backend": "torch"}}}
     assert ckpt.model_mismatch(state["config"]["model"], now) is None
+
+
+def test_a_model_key_older_checkpoints_lack_counts_as_its_default():
+    """A checkpoint written before a model key existed (phone_vocab_size came later) still resumes
+    into a run that leaves the key at its default, and is refused by one that sets it."""
+    from asrlib.config import load_config, to_dict
+
+    now = to_dict(load_config(None, []).model)
+    older = {k: v for k, v in now.items() if k != "phone_vocab_size"}
+    assert ckpt.model_mismatch(older, now) is None
+    with_phones = to_dict(load_config(None, ["model.phone_vocab_size=33"]).model)
+    assert ckpt.model_mismatch(older, with_phones) == "model.phone_vocab_size = 0 in the checkpoint, 33 now"
+    unknown = {**now, "encoder": {**now["encoder"], "from_the_future": 1}}  # a newer checkpoint: as written
+    assert ckpt.model_mismatch(unknown, now) == "model.encoder.from_the_future = 1 in the checkpoint, '<absent>' now"

@@ -163,3 +163,26 @@ def test_a_relative_path_in_a_config_file_is_the_files(tmp_path):
     cfg_file = tmp_path / "exp" / "tune.toml"
     cfg_file.write_text('[trainer]\ninit_from = "../runs/base/best_model"\n')
     assert load_config(cfg_file).trainer.init_from == str(tmp_path / "runs" / "base" / "best_model")
+
+
+def test_a_donor_without_a_phone_head_starts_a_run_with_one(tmp_path, capsys):
+    """Fine-tuning with loss.phone_ctc_weight from a model trained without it: every donor weight
+    is loaded, and the phone head (training only) starts as a fresh run of the same seed draws it."""
+    from asrlib.model.hybrid import build_model
+
+    train, donor = normalised_donor(tmp_path)
+    expected = ckpt.load_checkpoint(donor)["model"]
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("three TH R IY\nsix S IH K S\neight EY T\n")
+    tr = Trainer(tiny_config(tmp_path / "tuned", train, NORM, "trainer.max_steps=1", f"trainer.init_from={donor}",
+                             "loss.phone_ctc_weight=0.3", f"loss.phone_lexicon={lexicon}"))
+    tr.setup()
+    got = tr.model.state_dict()
+    assert set(got) - set(expected) == {"phone_head.proj.weight", "phone_head.proj.bias"}
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    torch.manual_seed(tr.cfg.trainer.seed)
+    fresh = build_model(tr.cfg.model).phone_head
+    assert torch.equal(got["phone_head.proj.weight"], fresh.proj.weight)
+    assert "model.phone_vocab_size = 0 in the checkpoint, 8 now" in capsys.readouterr().err
+    tr.fit()
+    assert tr.progress.step == 1

@@ -328,6 +328,41 @@ def test_cached_audio_trains_the_same_run(tmp_path):
     assert_same_run(runs["plain"], runs["cached"], ("step", "epoch", "batches_in_epoch", "audio_seconds"))
 
 
+# --------------------------------------------------------------------------- auxiliary phone CTC
+
+
+def test_phone_ctc_trains_its_head_logs_its_loss_and_names_a_missing_word(tmp_path, capsys):
+    """loss.phone_ctc_weight: the trainer spells each transcript with the lexicon, the phone head
+    learns (it is in the model, so checkpoints and resume carry it), and its loss is logged; a
+    transcript word the lexicon lacks stops the run before step 1 with one line naming it."""
+    train = make_manifest(tmp_path, SHORT)  # "three", "three six", "eight"
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("three TH R IY\nsix S IH K S\neight EY T\n")
+    phones = ("loss.phone_ctc_weight=0.5", f"loss.phone_lexicon={lexicon}", "trainer.max_steps=3",
+              "trainer.log_every=1")
+    tr = Trainer(tiny_config(tmp_path / "run", train, *phones))
+    tr.setup()
+    assert tr.cfg.model.phone_vocab_size == 8 and tr.model.phone_head.proj.out_features == 9  # TH R IY S IH K EY T + blank
+    before = tr.model.phone_head.proj.weight.detach().clone()
+    tr.fit()
+    assert not torch.equal(before, tr.model.phone_head.proj.weight)
+    rows = [m for m in read_metrics(tmp_path / "run") if m["split"] == "train"]
+    assert len(rows) == 3 and all(math.isfinite(m["phone_ctc"]) and m["phone_ctc"] > 0 for m in rows)
+    state = torch.load(ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1], weights_only=True)
+    assert torch.equal(state["model"]["phone_head.proj.weight"], tr.model.phone_head.proj.weight)
+
+    lexicon.write_text("three TH R IY\nsix S IH K S\n")  # no "eight"
+    argv = ["train", "--config", str(TINY)]
+    for s in (f"trainer.output_dir={tmp_path / 'run2'}", f"train_dataset.train_manifest={train}",
+              "validation_dataset.validation_manifest=[]", "logger.log_to_tensorboard=false", *phones):
+        argv += ["--set", s]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # the manifest's summary line, then the error
+    assert "Traceback" not in "\n".join(err) and sum("error" in line for line in err) == 1
+    assert err[-1].startswith("asrlib train: error: the lexicon") and "'eight' (1x)" in err[-1]
+
+
 # --------------------------------------------------------------------------- non-finite
 
 

@@ -6,6 +6,12 @@ of the CTC head (the same weights, after the encoder's final norm) over the outp
 blocks ``loss.inter_ctc_blocks``: intermediate CTC (Lee & Watanabe 2021), a training-only term
 that nothing at inference reads.
 
+With ``loss.phone_ctc_weight`` > 0 and ``phones`` passed to ``HybridLoss.forward`` (the trainer
+spells each transcript with the lexicon, asrlib/lexicon.py), ``HybridLoss`` adds
+``phone_ctc_weight`` x the per-phone mean CTC loss of the model's ``phone_head`` over the phone
+targets: an auxiliary, training-only target. Without ``phones`` (evaluation's dev loss) the term is
+left out.
+
 With ``loss.rnnt = "pruned"`` the rnnt term is ``simple_scale * simple + pruned_scale * pruned``
 (asrlib/losses/rnnt_pruned.py), the scales following icefall's warm-up over
 ``loss.prune_warmup_steps`` optimiser steps: the trainer passes ``step=`` to
@@ -59,7 +65,8 @@ class HybridLoss(nn.Module):
         -> dict of scalar tensors: loss, rnnt, ctc, and counts of infeasible utterances.
     ``augment`` turns SpecAugment on (training): a torch.Generator to draw from, or the noise
     already drawn (``spec_augment_noise``: what the trainer passes, so that no generator
-    reaches torch.compile); None = no augmentation.
+    reaches torch.compile); None = no augmentation. ``phones`` (B, P) and ``phone_lengths`` (B,):
+    the lexicon's phone targets, for the phone CTC term (``Lexicon.targets``).
     """
 
     def __init__(self, model, cfg):
@@ -68,7 +75,7 @@ class HybridLoss(nn.Module):
         self.model, self.cfg = model, cfg
 
     def forward(self, audio, audio_lengths, tokens, token_lengths, augment: torch.Generator | Tensor | None = None,
-                step: int | None = None):
+                step: int | None = None, phones: Tensor | None = None, phone_lengths: Tensor | None = None):
         """``step`` (optimiser updates so far) drives the pruned loss's warm-up; unused by the full loss."""
         m, lc = self.model, self.cfg.loss
         feats, feat_lengths = m.features(audio, audio_lengths)
@@ -99,6 +106,14 @@ class HybridLoss(nn.Module):
             inter_ctc = torch.stack(inter).mean()
             total = total + lc.inter_ctc_weight * inter_ctc
             extra["inter_ctc"] = inter_ctc.detach()
+        if phones is not None and lc.phone_ctc_weight > 0:
+            if m.phone_head is None:
+                raise ValueError("loss.phone_ctc_weight > 0 needs the model's phone head: build it with "
+                                 "model.phone_vocab_size = the lexicon's number of phones")
+            phone_ctc = ctc_loss(m.phone_head(enc), enc_lengths, phones, phone_lengths, blank=m.phone_head.blank,
+                                 zero_infinity=lc.zero_infinity)[0]
+            total = total + lc.phone_ctc_weight * phone_ctc
+            extra["phone_ctc"] = phone_ctc.detach()
         return {"loss": total, "rnnt": parts.rnnt.detach(), "ctc": parts.ctc.detach(),
                 "infeasible": torch.as_tensor(parts.n_infeasible_rnnt + parts.n_infeasible_ctc,
                                               dtype=torch.float32), **extra}

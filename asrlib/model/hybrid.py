@@ -4,6 +4,7 @@
     enc --CTCHead--> log-probs (B, T', V + 1)
     enc, PredictionNet(targets) --Joint--> RNN-T logits (evaluated slice by slice by the loss)
     enc, PredictionNet(targets) --SimpleProjections--> am, lm (pruned RNN-T loss only; training)
+    enc --phone_head (a CTCHead over phones)--> log-probs (B, T', P + 1) (loss.phone_ctc_weight; training)
 
 Streaming is one step, defined here and nowhere else: ``init_stream`` gives a typed
 ``StreamState`` (frontend cache + encoder state, batch first), and ``stream_step`` turns
@@ -66,6 +67,13 @@ class HybridASR(nn.Module):
         self.joint = Joint(d, self.prediction.out_dim, cfg.vocab_size, cfg.joint)
         # training-only projections of the pruned RNN-T loss; None unless the config asks for them
         self.simple = SimpleProjections(d, self.prediction.out_dim, cfg.vocab_size) if cfg.joint.simple_projections else None
+        # training-only CTC head over the phones of loss.phone_lexicon; None unless the config asks for it.
+        # Built last, with the random state restored after it: every other parameter, and whatever the
+        # run draws next, is the same as without the head (so runs with and without it compare seed for seed).
+        self.phone_head = None
+        if cfg.phone_vocab_size > 0:
+            with torch.random.fork_rng(devices=[]):
+                self.phone_head = CTCHead(d, cfg.phone_vocab_size)
 
     def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, S) samples -> log-mel (B, T, M) and frame lengths; SpecAugment goes after this."""

@@ -130,3 +130,53 @@ def test_intermediate_ctc_config_errors(blocks, weight):
 
     with pytest.raises(ConfigError, match="inter_ctc_blocks"):
         tiny_cfg("model.encoder.n_blocks=3", f"loss.inter_ctc_blocks={blocks}", f"loss.inter_ctc_weight={weight}")
+
+
+def test_phone_ctc_adds_the_phone_head_over_the_phone_targets():
+    from asrlib.losses.hybrid import HybridLoss
+    from asrlib.model.hybrid import build_model
+
+    audio, lengths, tokens, token_lengths = batch()
+    phones, phone_lengths = torch.tensor([[0, 3, 1, 4], [2, 2, 0, 0]]), torch.tensor([4, 2])
+    cfg = tiny_cfg("model.phone_vocab_size=5", "loss.phone_ctc_weight=0.25", "loss.phone_lexicon=unused.txt")
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    base = HybridLoss(model, cfg)(audio, lengths, tokens, token_lengths)  # no phones (evaluation): no term
+    out = HybridLoss(model, cfg)(audio, lengths, tokens, token_lengths, phones=phones, phone_lengths=phone_lengths)
+    # reference: torch's CTC over the phone head's log-probs, blank last, summed over utterances / all phones
+    enc, enc_lengths = model(audio, lengths)
+    logits = model.phone_head.proj(enc).log_softmax(-1)
+    assert logits.shape[-1] == 6
+    ref = torch.nn.functional.ctc_loss(logits.transpose(0, 1), phones, enc_lengths, phone_lengths, blank=5,
+                                       reduction="sum") / phone_lengths.sum()
+    assert "phone_ctc" not in base and out["phone_ctc"].item() == pytest.approx(ref.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 0.25 * ref.item(), rel=1e-5)
+    assert (out["rnnt"].item(), out["ctc"].item()) == (base["rnnt"].item(), base["ctc"].item())
+    out["loss"].backward()
+    assert model.phone_head.proj.weight.grad.abs().sum() > 0
+
+
+def test_the_phone_head_leaves_every_other_parameter_and_the_random_state_as_without_it():
+    from asrlib.model.hybrid import build_model
+
+    torch.manual_seed(7)
+    plain = build_model(tiny_cfg().model)
+    after_plain = torch.rand(3)
+    torch.manual_seed(7)
+    with_head = build_model(tiny_cfg("model.phone_vocab_size=5").model)
+    after_head = torch.rand(3)
+    assert plain.phone_head is None and with_head.phone_head.proj.weight.shape == (6, 16)
+    a, b = plain.state_dict(), with_head.state_dict()
+    assert set(b) - set(a) == {"phone_head.proj.weight", "phone_head.proj.bias"}
+    assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(after_plain, after_head)
+    torch.manual_seed(8)  # the head is drawn from the seed like everything else
+    assert not torch.equal(build_model(tiny_cfg("model.phone_vocab_size=5").model).phone_head.proj.weight,
+                           with_head.phone_head.proj.weight)
+
+
+@pytest.mark.parametrize("weight, lexicon", [("-0.1", "lex.txt"), ("0.3", "")])
+def test_phone_ctc_config_errors(weight, lexicon):
+    from asrlib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="phone_ctc_weight"):
+        tiny_cfg(f"loss.phone_ctc_weight={weight}", f"loss.phone_lexicon={lexicon}")
