@@ -110,7 +110,10 @@ def phone_lexicon(cfg, train_texts: Iterable[str]) -> Lexicon | None:
                                "phone_ctc_weight > 0 and a loss.phone_lexicon")
         return None
     lexicon = Lexicon.read(loss.phone_lexicon)
-    lexicon.check_covers(train_texts, "the training manifest")
+    try:
+        lexicon.check_covers(train_texts, "the training manifest")
+    except LexiconError as e:  # e.g. a recipe's config (configs/an4.toml) pointed at other data
+        raise LexiconError(f"{e}, or set loss.phone_ctc_weight = 0 to train without the phone CTC") from None
     if model.phone_vocab_size == 0:
         model.phone_vocab_size = lexicon.size
     elif model.phone_vocab_size != lexicon.size:
