@@ -19,7 +19,9 @@ in the same run. ``--shuffled`` times batches of the shuffled epochs (the recipe
 
 ``--losses full pruned`` measures each preset with the full RNN-T loss and with the pruned one
 (``loss.rnnt = "pruned"`` + the simple projections) in the same run, so their ratio is fair on a
-shared machine; ``--precisions fp32 bf16`` does the same for ``trainer.precision`` (bf16
+shared machine; ``--losses full no_phone_ctc`` does the same with the auxiliary phone CTC of a
+preset that has one (configs/an4.toml) turned off (``loss.phone_ctc_weight = 0``), so
+``speedup_over_full`` is what the phone head costs; ``--precisions fp32 bf16`` does the same for ``trainer.precision`` (bf16
 autocast, which also runs on a CPU). ``--v1024`` adds a preset sized for this CPU with a
 production-sized vocabulary (d 256, 6 blocks, V = 1024, joint 640; random audio and token ids,
 4 x 8 s utterances at 3 tokens/s, since no bundled corpus has 1024 pieces), where the joint is a
@@ -56,6 +58,7 @@ from gpu_step import bare_trainer, count_flops, random_batch  # noqa: E402
 from streaming import matmul_flops_per_second  # noqa: E402
 
 PRUNED = ["loss.rnnt=pruned", "model.joint.simple_projections=true"]
+NO_PHONES = ["loss.phone_ctc_weight=0", "model.phone_vocab_size=0"]
 V1024 = ["model.encoder.d_model=256", "model.encoder.n_blocks=6", "model.encoder.attention.n_heads=4",
          "model.joint.hidden=640", "model.prediction.hidden=320"]
 
@@ -66,7 +69,8 @@ def measure(preset: str, threads: int, steps: int, warmup: int, loss: str = "ful
         cfg = load_config(ROOT / "configs" / f"{preset}.toml", [
             f"trainer.output_dir={out}", "trainer.progress_bar=false", "logger.log_to_tensorboard=false",
             f"trainer.num_threads={threads}", "validation_dataset.validation_manifest=[]",
-            *(PRUNED if loss == "pruned" else []), f"trainer.precision={precision}",
+            *(PRUNED if loss == "pruned" else []), *(NO_PHONES if loss == "no_phone_ctc" else []),
+            f"trainer.precision={precision}",
             f"trainer.cpu_gradient_average={average}", *(["train_dataset.sorted_epochs=0"] if shuffled else []),
         ])
         tr = Trainer(cfg)
@@ -149,7 +153,7 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "demo"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--processes", type=int, default=1, help="DDP processes (relaunches under torchrun)")
-    p.add_argument("--losses", nargs="+", default=["full"], choices=["full", "pruned"])
+    p.add_argument("--losses", nargs="+", default=["full"], choices=["full", "pruned", "no_phone_ctc"])
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--v1024", action="store_true", help="add the CPU-sized V = 1024 preset (one process)")
     p.add_argument("--gradient-averages", nargs="+", default=["shared_memory"], choices=["shared_memory", "gloo"],
@@ -178,7 +182,7 @@ def main() -> None:
         matmul[t] = matmul_flops_per_second()
     for r in results:
         r["fraction_of_matmul_peak"] = round(r["gflops_per_second"] * 1e9 / matmul[r["threads"]] / r["processes"], 4)
-    for r in results:  # pruned against full and bf16 against fp32, everything else alike, same run
+    for r in results:  # pruned (or no phone CTC) against full and bf16 against fp32, the rest alike, same run
         for field, base in (("loss", "full"), ("precision", "fp32"), ("gradient_average", "gloo")):
             other = twin(results, r, field, base)
             if r[field] != base and other:
