@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from asrlib.errors import UsageError
 
@@ -90,12 +91,8 @@ class Lexicon:
 
     def targets(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Padded phone targets (B, P) (padding 0) and their lengths (B,) for a batch of transcripts."""
-        ids = [self.encode(t) for t in texts]
-        lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-        out = torch.zeros(len(ids), max([len(x) for x in ids], default=0), dtype=torch.long)
-        for i, x in enumerate(ids):
-            out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        return out, lengths
+        ids = [torch.tensor(self.encode(t), dtype=torch.long) for t in texts]
+        return pad_sequence(ids, batch_first=True), torch.tensor([len(x) for x in ids], dtype=torch.long)
 
 
 def phone_lexicon(cfg, train_texts: Iterable[str]) -> Lexicon | None:

@@ -329,8 +329,8 @@ class Trainer:
                 # would make torch.compile recompile the full loss for nothing)
                 kw = {"step": step} if self.cfg.loss.rnnt == "pruned" else {}
                 if self.lexicon is not None:  # the transcripts spelled in phones, for the phone CTC head
-                    phones = self.lexicon.targets(batch.texts)
-                    kw.update(phones=phones[0].to(self.device), phone_lengths=phones[1].to(self.device))
+                    phones, phone_lengths = self.lexicon.targets(batch.texts)
+                    kw.update(phones=phones.to(self.device), phone_lengths=phone_lengths.to(self.device))
                 out = module(*args, noise, **kw)
             loss = out["loss"] / len(batches)
             finite &= bool(torch.isfinite(loss))
