@@ -197,6 +197,7 @@ class LossConfig:
     # per-phone mean. Training only: nothing at inference reads the head.
     phone_ctc_weight: float = 0.0
     phone_lexicon: str = ""  # 'WORD PHONE PHONE ...' lines; relative to the config file's folder
+    phone_ctc_block: int = 0  # the phone head reads block k's output (1-based, through the final norm); 0 = the encoder's
     rnnt_backend: Literal["auto", "native", "torchaudio"] = "native"
     zero_infinity: bool = True  # infeasible utterances contribute 0 and are counted
     fused_t_chunk: int = 0  # native and pruned RNN-T: frames of the joint evaluated at once; 0 = auto
@@ -500,6 +501,9 @@ def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<
         raise ConfigError(f"{source}: loss.phone_ctc_weight = {loss.phone_ctc_weight}, phone_lexicon = "
                           f"{loss.phone_lexicon!r}: expected a weight >= 0 and, when it is > 0, the path of a "
                           "lexicon file ('WORD PHONE PHONE ...' lines; see asrlib/lexicon.py)")
+    if not 0 <= loss.phone_ctc_block < n:
+        raise ConfigError(f"{source}: loss.phone_ctc_block = {loss.phone_ctc_block}: expected 0 (the encoder's "
+                          f"output) or a block number in 1 .. {n - 1} whose output the phone head reads")
     if loss.rnnt == "pruned" and not model.joint.simple_projections:
         raise ConfigError(f"{source}: loss.rnnt = \"pruned\" needs the simple projections on the model: "
                           "set model.joint.simple_projections = true (a model trained so keeps them in its "

@@ -10,7 +10,9 @@ With ``loss.phone_ctc_weight`` > 0 and ``phones`` passed to ``HybridLoss.forward
 spells each transcript with the lexicon, asrlib/lexicon.py), ``HybridLoss`` adds
 ``phone_ctc_weight`` x the per-phone mean CTC loss of the model's ``phone_head`` over the phone
 targets: an auxiliary, training-only target. Without ``phones`` (evaluation's dev loss) the term is
-left out.
+left out. ``loss.phone_ctc_block`` = k > 0 gives the phone head the output of block k (through the
+encoder's final norm, as intermediate CTC does) instead of the encoder's: phones below, letters on
+top (hierarchical multitask CTC).
 
 With ``loss.rnnt = "pruned"`` the rnnt term is ``simple_scale * simple + pruned_scale * pruned``
 (asrlib/losses/rnnt_pruned.py), the scales following icefall's warm-up over
@@ -83,10 +85,14 @@ class HybridLoss(nn.Module):
             if isinstance(augment, torch.Generator):
                 augment = spec_augment_noise(feats.shape[0], self.cfg.spec_augment, augment)
             feats = apply_spec_augment(feats, feat_lengths, self.cfg.spec_augment, augment, self.cfg.model.frontend)
-        if lc.inter_ctc_weight > 0 and lc.inter_ctc_blocks:
-            enc, enc_lengths, tapped = m.encoder.forward_taps(feats, feat_lengths, tuple(lc.inter_ctc_blocks))
+        inter_blocks = tuple(lc.inter_ctc_blocks) if lc.inter_ctc_weight > 0 else ()
+        phone_block = lc.phone_ctc_block if phones is not None and lc.phone_ctc_weight > 0 else 0
+        if inter_blocks or phone_block:
+            taps = inter_blocks + ((phone_block,) if phone_block else ())
+            enc, enc_lengths, tapped = m.encoder.forward_taps(feats, feat_lengths, taps)
         else:  # through the module call, so that forward hooks on the encoder see every step
             (enc, enc_lengths), tapped = m.encode(feats, feat_lengths), []
+        phone_enc = tapped.pop() if phone_block else enc  # what the phone head reads
         ctc = ctc_loss(m.ctc_head(enc), enc_lengths, tokens, token_lengths, blank=m.blank,
                        zero_infinity=lc.zero_infinity)
         inter = [ctc_loss(m.ctc_head(h), enc_lengths, tokens, token_lengths, blank=m.blank,
@@ -110,7 +116,7 @@ class HybridLoss(nn.Module):
             if m.phone_head is None:
                 raise ValueError("loss.phone_ctc_weight > 0 needs the model's phone head: build it with "
                                  "model.phone_vocab_size = the lexicon's number of phones")
-            phone_ctc = ctc_loss(m.phone_head(enc), enc_lengths, phones, phone_lengths, blank=m.phone_head.blank,
+            phone_ctc = ctc_loss(m.phone_head(phone_enc), enc_lengths, phones, phone_lengths, blank=m.phone_head.blank,
                                  zero_infinity=lc.zero_infinity)[0]
             total = total + lc.phone_ctc_weight * phone_ctc
             extra["phone_ctc"] = phone_ctc.detach()

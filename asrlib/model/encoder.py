@@ -75,18 +75,19 @@ class Encoder(nn.Module):
         return out, lengths
 
     def forward_taps(self, feats: Tensor, lengths: Tensor, taps: tuple[int, ...]) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """``forward``, plus the output of each block numbered in ``taps`` (1-based) through the
-        final norm: what an intermediate CTC loss reads (training only; streaming never taps)."""
+        """``forward``, plus the output of each block numbered in ``taps`` (1-based, in the order
+        given) through the final norm: what an intermediate CTC loss or a phone CTC on a lower block
+        reads (training only; streaming never taps)."""
         x, lengths = self.subsampling(feats, lengths)
         x = x * self.input_scale
         if x.shape[1] == 0:  # audio shorter than one window: nothing to mix
             return x, lengths, [x for _ in taps]
-        tapped = []
+        outputs = {}
         for i, block in enumerate(self.blocks, start=1):
             x = block(x, lengths)
             if i in taps:
-                tapped.append(self.norm(x))
-        return self.norm(x), lengths, tapped
+                outputs[i] = self.norm(x)
+        return self.norm(x), lengths, [outputs[t] for t in taps]
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> EncoderState:
         return EncoderState(

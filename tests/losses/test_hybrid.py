@@ -180,3 +180,42 @@ def test_phone_ctc_config_errors(weight, lexicon):
 
     with pytest.raises(ConfigError, match="phone_ctc_weight"):
         tiny_cfg(f"loss.phone_ctc_weight={weight}", f"loss.phone_lexicon={lexicon}")
+
+
+@pytest.mark.parametrize("inter", [False, True])
+def test_phone_ctc_on_a_lower_block_reads_that_blocks_output(inter):
+    from asrlib.losses.hybrid import HybridLoss
+    from asrlib.model.hybrid import build_model
+
+    audio, lengths, tokens, token_lengths = batch()
+    phones, phone_lengths = torch.tensor([[0, 3, 1, 4], [2, 2, 0, 0]]), torch.tensor([4, 2])
+    keys = ["model.encoder.n_blocks=3", "model.phone_vocab_size=5", "loss.phone_ctc_weight=0.25",
+            "loss.phone_lexicon=unused.txt", "loss.phone_ctc_block=1"]
+    if inter:  # intermediate CTC on block 2 beside it: each term must read its own block
+        keys += ["loss.inter_ctc_blocks=[2]", "loss.inter_ctc_weight=0.4"]
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(*keys).model).eval()
+    out = HybridLoss(model, tiny_cfg(*keys))(audio, lengths, tokens, token_lengths, phones=phones,
+                                             phone_lengths=phone_lengths)
+    top = HybridLoss(model, tiny_cfg(*keys[:-1] if not inter else keys[:4] + keys[5:]))(
+        audio, lengths, tokens, token_lengths, phones=phones, phone_lengths=phone_lengths)
+    # reference: the phone head on block 1's output through the final norm, by a manual block loop
+    outs, enc_lengths = _manual_block_outputs(model, audio, lengths)
+    logits = model.phone_head.proj(model.encoder.norm(outs[0])).log_softmax(-1)
+    ref = torch.nn.functional.ctc_loss(logits.transpose(0, 1), phones, enc_lengths, phone_lengths, blank=5,
+                                       reduction="sum") / phone_lengths.sum()
+    assert out["phone_ctc"].item() == pytest.approx(ref.item(), rel=1e-5)
+    assert out["phone_ctc"].item() != pytest.approx(top["phone_ctc"].item(), rel=1e-3)  # the top block differs
+    assert (out["rnnt"].item(), out["ctc"].item()) == (top["rnnt"].item(), top["ctc"].item())
+    if inter:
+        want = torch.nn.functional.ctc_loss(model.ctc_head(model.encoder.norm(outs[1])).transpose(0, 1), tokens,
+                                            enc_lengths, token_lengths, blank=model.blank, reduction="sum")
+        assert out["inter_ctc"].item() == pytest.approx(want.item() / token_lengths.sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("block", ["3", "-1"])
+def test_phone_ctc_block_out_of_range_is_a_config_error(block):
+    from asrlib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="phone_ctc_block"):
+        tiny_cfg("model.encoder.n_blocks=3", f"loss.phone_ctc_block={block}")
