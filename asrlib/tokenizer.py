@@ -90,7 +90,10 @@ class Tokenizer:
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise TokenizerError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size}); remove blank ({self.vocab_size}) before decoding")
-        return self.sp.DecodeIds(ids)
+        # A model can emit the word-start piece "▁" alone, last or twice in a row (a letter-level
+        # tokenizer has it as a piece of its own); SentencePiece turns each into a space. A
+        # transcript is words: one space between them, none at either end.
+        return " ".join(self.sp.DecodeIds(ids).split())
 
     def piece(self, i: int) -> str:
         return self.sp.IdToPiece(int(i))

@@ -92,6 +92,15 @@ def test_char_tokenizer_has_one_piece_per_character(manifests, tmp_path):
         ids = tok.encode(text)
         assert tok.decode(ids) == text
         assert all(len(tok.piece(i)) == 1 for i in ids)
+    # a lone word-start piece emitted last, first or twice in a row (as a letter model's decoder can)
+    # is a word boundary, not text: single spaces between the words, none at the ends
+    ids = tok.encode("Hello World")
+    space = ids[0]
+    assert tok.piece(space) == "▁"
+    assert tok.decode([*ids, space]) == "Hello World"
+    assert tok.decode([space, *ids]) == "Hello World"
+    i = ids.index(space, 1)
+    assert tok.decode([*ids[:i], space, *ids[i:]]) == "Hello World"
     with pytest.raises(TokenizerError, match="vocab_size must be > 0 for a bpe"):
         train_tokenizer(manifests, 0, "bpe", tmp_path / "bpe")
     with pytest.raises(TokenizerError, match="one piece per character"):  # a bound would turn letters into <unk>
