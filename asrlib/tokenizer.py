@@ -26,6 +26,7 @@ from typing import Sequence
 import sentencepiece as spm
 
 from asrlib.data.manifest import ManifestError, read_manifest
+from asrlib.metrics import normalize
 
 MODEL_NAME = "tokenizer.model"
 SEED = 1234
@@ -92,8 +93,8 @@ class Tokenizer:
             raise TokenizerError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size}); remove blank ({self.vocab_size}) before decoding")
         # A model can emit the word-start piece "▁" alone, last or twice in a row (a letter-level
         # tokenizer has it as a piece of its own); SentencePiece turns each into a space. A
-        # transcript is words: one space between them, none at either end.
-        return " ".join(self.sp.DecodeIds(ids).split())
+        # transcript is words: the whitespace the metrics compare by (one space between words).
+        return normalize(self.sp.DecodeIds(ids))
 
     def piece(self, i: int) -> str:
         return self.sp.IdToPiece(int(i))
