@@ -120,7 +120,7 @@ def _main(argv: list[str] | None = None) -> int:
     refuse_nonempty_folder(out, args.force)
     paths = checkpoint_files(args.inputs, args.last)
     model, tokenizer = average_checkpoints(paths)
-    ckpt.export_weights(model, out, tokenizer)
+    ckpt.export_weights(model, out, tokenizer, ckpt.lexicon_of(paths[0]))
     steps = [ckpt.step_of(p) for p in paths]
     named = ", ".join(str(s) if s is not None else p.name for s, p in zip(steps, paths))
     print(f"averaged {len(paths)} checkpoints (steps {named}) into {out}", file=sys.stderr)

@@ -8,7 +8,8 @@
 - Writes are atomic: a temporary file in the same folder, flushed and fsync'ed, then renamed
   over the target. A process killed mid-save leaves the previous checkpoint intact.
 - Exported weights (for inference, ``models/…``) are a folder: ``model.safetensors``,
-  ``config.json`` (the ModelConfig and the tokenizer's sha256) and ``tokenizer.model``.
+  ``config.json`` (the ModelConfig and the tokenizer's sha256) and ``tokenizer.model``; a model
+  with a phone head also gets its pronunciation lexicon as ``lexicon.txt`` (what rescoring reads).
 - ``load_model_and_tokenizer`` returns a model with *its* tokenizer; a tokenizer given on the
   command line must be the same file (same sha256) or it is a one-line error.
 - Runtime choices are not properties of the weights: ``model.encoder.mamba2.backend`` (which
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,9 +72,14 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         raise RuntimeError(f"{path}: not a readable asrlib checkpoint ({e})") from None
+    config = ck.get("config") if isinstance(ck, dict) else None
+    if isinstance(config, dict) and isinstance(config.get("model"), dict) and "phone_block" not in config["model"]:
+        # written before the model recorded its phone head's block: the run's loss section has it
+        config["model"]["phone_block"] = config.get("loss", {}).get("phone_ctc_block", 0)
+    return ck
 
 
 def inference_state(ck: dict) -> dict:
@@ -155,20 +162,22 @@ def model_differences(saved: dict, now: dict, prefix: str = "model"):
             yield f"{prefix}.{key} = {a!r} in the checkpoint, {b!r} now"
 
 
-def export_weights(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write an inference folder: model.safetensors + config.json (+ tokenizer.model)."""
+def export_weights(model: HybridASR, out_dir: str | Path, tokenizer=None, lexicon: str | Path | None = None) -> Path:
+    """Write an inference folder: model.safetensors + config.json (+ tokenizer.model, + lexicon.txt)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "asrlib"})
-    write_config_and_tokenizer(model, out, tokenizer)
+    write_config_and_tokenizer(model, out, tokenizer, lexicon)
     return out
 
 
-def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer=None) -> None:
+def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer=None, lexicon: str | Path | None = None) -> None:
     """``config.json`` (the ModelConfig, the tokenizer's sha256) and ``tokenizer.model`` beside a model.
 
     ``tokenizer``: a Tokenizer, or the path of a tokenizer folder / .model file, or None.
+    ``lexicon``: the pronunciation lexicon of the model's phone head, copied as ``lexicon.txt``
+    (ignored for a model without a phone head).
     """
     from asrlib.tokenizer import Tokenizer
 
@@ -178,6 +187,20 @@ def write_config_and_tokenizer(model: HybridASR, out: Path, tokenizer=None) -> N
         meta["tokenizer_sha256"] = tok.sha256
         tok.save(out / "tokenizer.model")
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if lexicon is not None and model.phone_head is not None and Path(lexicon).resolve() != (out / "lexicon.txt").resolve():
+        shutil.copyfile(lexicon, out / "lexicon.txt")
+
+
+def lexicon_of(path: str | Path) -> Path | None:
+    """The phone lexicon that goes with a model: ``lexicon.txt`` in a model folder, or the file a
+    training checkpoint's ``loss.phone_lexicon`` names (None when there is none, or it is gone)."""
+    path = Path(path)
+    if path.is_dir():
+        found = path / "lexicon.txt"
+    else:
+        loss = load_checkpoint(path).get("config", {}).get("loss", {})
+        found = Path(loss["phone_lexicon"]) if loss.get("phone_ctc_weight", 0) > 0 and loss.get("phone_lexicon") else None
+    return found if found is not None and found.is_file() else None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu",

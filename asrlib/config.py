@@ -130,9 +130,13 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     joint: JointConfig = field(default_factory=JointConfig)
-    # phones of loss.phone_lexicon: > 0 adds a CTC head over them (training only; asrlib/lexicon.py).
-    # Filled from the lexicon when 0 and loss.phone_ctc_weight > 0. Blank = phone_vocab_size.
+    # phones of loss.phone_lexicon: > 0 adds a CTC head over them (asrlib/lexicon.py; trained by the phone CTC,
+    # read at inference only to rescore). Filled from the lexicon when 0 and loss.phone_ctc_weight > 0.
+    # Blank = phone_vocab_size.
     phone_vocab_size: int = 0
+    # the block whose output (through the final norm) the phone head reads; 0 = the encoder output. Filled
+    # from loss.phone_ctc_block by the trainer, so that a model folder alone says where its head sits.
+    phone_block: int = 0
 
 
 # --------------------------------------------------------------------------- data
@@ -504,6 +508,10 @@ def check_loss_config(loss: "LossConfig", model: "ModelConfig", source: str = "<
     if not 0 <= loss.phone_ctc_block < n:
         raise ConfigError(f"{source}: loss.phone_ctc_block = {loss.phone_ctc_block}: expected 0 (the encoder's "
                           f"output) or a block number in 1 .. {n - 1} whose output the phone head reads")
+    if model.phone_block not in (0, loss.phone_ctc_block):
+        raise ConfigError(f"{source}: model.phone_block = {model.phone_block} but loss.phone_ctc_block = "
+                          f"{loss.phone_ctc_block}: leave model.phone_block at 0 (the trainer fills it from "
+                          "loss.phone_ctc_block)")
     if loss.rnnt == "pruned" and not model.joint.simple_projections:
         raise ConfigError(f"{source}: loss.rnnt = \"pruned\" needs the simple projections on the model: "
                           "set model.joint.simple_projections = true (a model trained so keeps them in its "

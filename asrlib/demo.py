@@ -14,7 +14,9 @@ again resumes from the last checkpoint (a finished run only re-evaluates).
 
 ``--lm-order N`` (``make demo DATA=an4`` passes 8) also counts an N-gram model of the training
 manifests' texts (:mod:`asrlib.ngram`; written to ``--out``/lm.arpa) and adds the rows of RNN-T
-beam search with it fused in, offline and streaming (``--lm-weight``, ``--token-bonus``).
+beam search with it fused in, offline and streaming (``--lm-weight``, ``--token-bonus``). A model
+trained with the phone CTC (``configs/an4.toml``) gets two rows more: the same search with its final
+hypotheses rescored by the phone head (``--phone-weight``; :mod:`asrlib.decoding.rescore`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                    "training text to the table")
     p.add_argument("--lm-weight", type=float, default=0.3)
     p.add_argument("--token-bonus", type=float, default=0.5)
+    p.add_argument("--phone-weight", type=float, default=0.5, help="with --lm-order and a phone head: add the "
+                   "rows of beam search + LM rescored by the phone head at this weight (0: no such rows)")
     args = p.parse_args(argv)
 
     from asrlib.checkpoint import load_model
@@ -125,11 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         fusion = {"lm": lm, "lm_weight": args.lm_weight, "token_bonus": args.token_bonus}
     runs = [("rnnt_greedy", False, {}), ("ctc_greedy", False, {}), ("rnnt_greedy", True, {})]
     runs += [("rnnt_beam", False, fusion), ("rnnt_beam", True, fusion)] if fusion else []
+    rescored = {}
+    if fusion and args.phone_weight > 0 and trainer.lexicon is not None and model.phone_head is not None:
+        from asrlib.decoding.rescore import PhoneRescoring
+
+        rescored = {**fusion, "rescoring": PhoneRescoring(trainer.lexicon, args.phone_weight)}
+        runs += [("rnnt_beam", False, rescored), ("rnnt_beam", True, rescored)]
     table = {}
     for name, manifest in tests.items():
         for decoder, stream, options in runs:
             r = evaluate_manifest(model, tokenizer, manifest, decoder, stream=stream, piece_samples=1600, **options)
-            row = f"{name}/{decoder}{'_lm' if options else ''}{'_stream' if stream else ''}"
+            row = (f"{name}/{decoder}{'_lm' if options else ''}{'_phones' if options.get('rescoring') else ''}"
+                   f"{'_stream' if stream else ''}")
             table[row] = {k: r[k] for k in ("wer", "cer", "num_utterances", "rtf")}
     summary = {"steps": trainer.progress.step, "train_minutes_this_run": train_minutes,
                "best_validation_wer": trainer.progress.best_wer, "results": table}
@@ -142,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if fusion:
         print(f"rnnt_beam_lm: beam 4 + the {args.lm_order}-gram model of the training text ({out}/lm.arpa), "
               f"weight {args.lm_weight:g}, token bonus {args.token_bonus:g}")
+    if rescored:
+        print(f"rnnt_beam_lm_phones: its final hypotheses rescored by the phone head (block {model.cfg.phone_block}) "
+              f"through {trainer.lexicon.source}, weight {args.phone_weight:g}")
     print(f"\ntrained {trainer.progress.step} steps ({train_minutes:.1f} min in this run)")
     print(f"wrote {out}/: checkpoints/, best_model/, tensorboard/, metrics.json, {png.name}"
           + (", lm.arpa" if fusion else ""))

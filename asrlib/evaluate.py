@@ -2,13 +2,15 @@
 
     asrlib evaluate --checkpoint CK --manifest M [--decoder ctc_greedy|ctc_beam|rnnt_greedy|rnnt_beam]
                     [--beam 4] [--lm LM.arpa [--lm-weight 0.3] [--token-bonus 0.5]]
+                    [--phone-weight 0.5 [--lexicon L]]
                     [--stream [--streams 16] [--piece-samples N]] [--json OUT [--force]]
 
 CK is a training checkpoint (``.pt``) or an exported model folder. ``--stream`` decodes every
 utterance through :class:`asrlib.streaming.StreamingRecognizer`, fed ``--piece-samples`` at a
 time, ``--streams`` utterances at once (stepped and decoded as one batch); it must give the
 same WER as offline decoding, utterance by utterance (the central property of asrlib), beam
-search and its language model (``--lm``, shallow fusion: :mod:`asrlib.ngram`) included.
+search, its language model (``--lm``, shallow fusion: :mod:`asrlib.ngram`) and the phone head's
+rescoring of its final hypotheses (``--phone-weight``: :mod:`asrlib.decoding.rescore`) included.
 The JSON report has ``wer`` and ``cer`` (fractions), ``num_utterances``, ``rtf`` (processing
 seconds per audio second), per-utterance results and ``skipped``: every manifest line left out
 of the WER (bad line, missing or unreadable audio), counted by reason with its first
@@ -34,6 +36,7 @@ from asrlib.config import Config
 from asrlib.data.dataset import AudioDataset, BucketBatchSampler
 from asrlib.data.manifest import ManifestError, read_manifest
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
+from asrlib.decoding.rescore import PhoneRescoring, add_rescoring_arguments, rescoring_options
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.metrics import EditCounts, char_counts, error_report, word_counts
@@ -49,16 +52,22 @@ from asrlib.tokenizer import Tokenizer, TokenizerError
 @torch.no_grad()
 def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rnnt_greedy", beam: int = 4,
                    detokenize=None, device: str = "cpu", max_symbols: int = 5, lm=None, lm_weight: float = 0.0,
-                   token_bonus: float = 0.0) -> list[DecodingResult]:
+                   token_bonus: float = 0.0, rescoring: PhoneRescoring | None = None) -> list[DecodingResult]:
     """Decode a list of waveforms (at the model's rate) as one padded batch. ``max_symbols`` caps
     the tokens an RNN-T decoder emits per encoder frame (greedy and beam alike); ``lm``,
     ``lm_weight`` and ``token_bonus`` are the beam decoders' shallow fusion (:class:`RNNTBeamOptions`,
-    :class:`CTCPrefixBeamOptions`)."""
+    :class:`CTCPrefixBeamOptions`); ``rescoring`` (rnnt_beam only) rescores each utterance's final
+    hypotheses with the model's phone head (:mod:`asrlib.decoding.rescore`)."""
     lengths = torch.tensor([len(w) for w in waves])
     audio = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
     for b, w in enumerate(waves):
         audio[b, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    enc, enc_lengths = model(audio.to(device), lengths.to(device))
+    if rescoring is not None and decoder != "rnnt_beam":
+        raise ValueError(f"phone rescoring applies to the rnnt_beam decoder, not {decoder}")
+    if rescoring is None:
+        enc, enc_lengths = model(audio.to(device), lengths.to(device))
+    else:
+        enc, enc_lengths, phones = model.forward_with_phones(audio.to(device), lengths.to(device))
     if decoder == "ctc_greedy":
         return CTCGreedyDecoder(CTCGreedyOptions(model.blank)).decode(model.ctc_head(enc), enc_lengths, detokenize)
     if decoder == "ctc_beam":
@@ -70,15 +79,22 @@ def decode_offline(model: HybridASR, waves: list[np.ndarray], decoder: str = "rn
             model.prediction, model.joint, enc, enc_lengths, detokenize)
     if decoder == "rnnt_beam":
         dec = RNNTBeamDecoder(RNNTBeamOptions(model.blank, beam, max_symbols, lm, lm_weight, token_bonus))
-        return dec.decode(model.prediction, model.joint, enc, enc_lengths, detokenize)
+        if rescoring is None:
+            return dec.decode(model.prediction, model.joint, enc, enc_lengths, detokenize)
+        if detokenize is None or phones is None:
+            raise ValueError("phone rescoring needs a detokenizer (it reads the words) and a model with a phone head")
+        state = dec.init_state(len(waves), model.prediction, enc.device)
+        state = dec.decode_chunk(model.prediction, model.joint, enc, state, 0, enc_lengths)
+        return [rescoring.rescore(state.nbest(b, detokenize), phones[b, : int(enc_lengths[b])])
+                for b in range(len(waves))]
     raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
 
 
 def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Path, decoder: str = "rnnt_greedy",
                       beam: int = 4, stream: bool = False, piece_samples: int = 1600, batch_size: int = 16,
                       device: str = "cpu", streams: int = 16, max_symbols: int = 5, lm=None, lm_weight: float = 0.0,
-                      token_bonus: float = 0.0) -> dict:
-    fusion = {"lm": lm, "lm_weight": lm_weight, "token_bonus": token_bonus}
+                      token_bonus: float = 0.0, rescoring: PhoneRescoring | None = None) -> dict:
+    fusion = {"lm": lm, "lm_weight": lm_weight, "token_bonus": token_bonus, "rescoring": rescoring}
     rec = (StreamingRecognizer(model, tokenizer, decoder=decoder, num_streams=streams, max_symbols_per_frame=max_symbols,
                                beam_size=beam, **fusion) if stream else None)
     batch_size = max(batch_size, 4 * streams) if stream else batch_size  # utterances loaded at a time
@@ -114,6 +130,7 @@ def evaluate_manifest(model: HybridASR, tokenizer: Tokenizer, manifest: str | Pa
     out = error_report(refs, hyps, ids)
     out.update(rtf=compute_seconds / max(audio_seconds, 1e-9), decoder=decoder, stream=stream,
                lm_weight=lm_weight if lm is not None else None, token_bonus=token_bonus,
+               phone_weight=rescoring.weight if rescoring is not None else None,
                manifest=str(manifest), audio_seconds=audio_seconds, skipped_lines=report.total_dropped,
                skipped={"total": report.total_dropped, "reasons": dict(report.dropped), "first": dict(report.first)})
     return out
@@ -196,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder", default="rnnt_greedy", choices=DECODERS)
     p.add_argument("--beam", type=int, default=4, help="beam searches: hypotheses kept")
     add_decoding_arguments(p)
+    add_rescoring_arguments(p)
     p.add_argument("--max-symbols", type=int, default=5, help="RNN-T decoders: tokens one encoder frame may emit")
     p.add_argument("--stream", action="store_true", help="decode through the streaming recogniser")
     p.add_argument("--piece-samples", type=int, default=1600, help="samples fed per call when streaming")
@@ -216,13 +234,15 @@ def main(argv: list[str] | None = None) -> int:
         refuse_existing_file(args.json, args.force, [*args.manifest, args.checkpoint])
     model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.device)
     fusion = decoding_options(args, tokenizer.pieces())
+    fusion.update(rescoring_options(args, model.cfg.phone_vocab_size, args.checkpoint))
     reports = []
     for manifest in args.manifest:
         r = evaluate_manifest(model, tokenizer, manifest, args.decoder, args.beam, args.stream, args.piece_samples,
                               device=args.device, streams=args.streams, max_symbols=args.max_symbols, **fusion)
         r["lm"] = args.lm
         reports.append(r)
-        how = args.decoder + (f" + {Path(args.lm).name} x {args.lm_weight:g}" if args.lm else "")
+        how = (args.decoder + (f" + {Path(args.lm).name} x {args.lm_weight:g}" if args.lm else "")
+               + (f", phones x {args.phone_weight:g}" if args.phone_weight else ""))
         print(f"{Path(manifest).name}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  "
               f"utterances {r['num_utterances']}  RTF {r['rtf']:.4f}  ({how}{', streaming' if args.stream else ''})")
         if r["skipped"]["total"]:

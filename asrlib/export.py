@@ -10,11 +10,14 @@ DIR receives:
   one input per state tensor, named after :func:`asrlib.model.state.flatten` of the model's
   ``StreamState`` (``HybridASR.init_stream``) with the prefix ``state.``
   (``state.encoder.blocks.0.mixer.k`` …). Outputs: ``encoder_out`` (B, T', D),
-  ``ctc_log_probs`` (B, T', V + 1) and ``new_<input name>`` for every state input.
+  ``ctc_log_probs`` (B, T', V + 1), for a model with a phone head ``phone_log_probs`` (B, T', P + 1)
+  (what n-best rescoring reads: asrlib/decoding/rescore.py), and ``new_<input name>`` for every
+  state input.
 * ``predictor_step.onnx`` - tokens (B,) int64 and the prediction state (LSTM: h, c (B, layers, Hp);
   stateless: history (B, context - 1) int64) -> out (B, Dp) and new_<name> for each state input.
 * ``joint.onnx`` - enc (B, De), pred (B, Dp) -> logits (B, V + 1) (both projections inside).
-* ``config.json`` (``{"model": ModelConfig}``, as in exported weights) and ``tokenizer.model``.
+* ``config.json`` (``{"model": ModelConfig}``, as in exported weights) and ``tokenizer.model``; for a
+  model with a phone head, ``lexicon.txt`` when the source has one (what ``--phone-weight`` reads).
 
 DIR must be new or empty: a folder holding anything is refused unless ``--force`` (it may hold a
 user's own ``config.json`` or ``tokenizer.model``).
@@ -78,7 +81,8 @@ def state_names(model: HybridASR) -> list[str]:
 # --------------------------------------------------------------------------- wrappers
 class EncoderStep(nn.Module):
     """``HybridASR.stream_step`` with flat tensors: audio (B, N), *state tensors ->
-    encoder_out (B, T', D), ctc_log_probs (B, T', V + 1), *new state tensors."""
+    encoder_out (B, T', D), ctc_log_probs (B, T', V + 1), [phone_log_probs (B, T', P + 1) when the
+    model has a phone head], *new state tensors."""
 
     def __init__(self, model: HybridASR):
         super().__init__()
@@ -88,9 +92,9 @@ class EncoderStep(nn.Module):
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         state = st.unflatten(self.template, dict(zip(self.names, states)), "state")
-        enc, ctc, new_state = self.model.stream_step(audio, state)
+        enc, ctc, phones, new_state = self.model.stream_step(audio, state)
         new = st.flatten(new_state, "state")
-        return (enc, ctc, *[new[n] for n in self.names])
+        return (enc, ctc, *([] if phones is None else [phones]), *[new[n] for n in self.names])
 
 
 class PredictorStep(nn.Module):
@@ -180,8 +184,9 @@ def _export_one(module: nn.Module, args: tuple, path: Path, inputs: list[str], o
     onnx.save(proto, str(path))
 
 
-def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write the three ONNX graphs, config.json and tokenizer.model to ``out_dir``."""
+def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None, lexicon: str | Path | None = None) -> Path:
+    """Write the three ONNX graphs, config.json and tokenizer.model (and a phone head's lexicon.txt)
+    to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     m = _export_copy(model)
@@ -194,10 +199,10 @@ def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
     names = step.names
     init = st.flatten(m.init_stream(B), "state")
     audio = torch.zeros(B, m.chunk_samples)
-    outputs = ["encoder_out", "ctc_log_probs"] + [f"new_{n}" for n in names]
+    heads = ["encoder_out", "ctc_log_probs"] + (["phone_log_probs"] if m.phone_head is not None else [])
+    outputs = heads + [f"new_{n}" for n in names]
     dyn = {n: batch for n in names + outputs}
-    dyn.update(audio={0: "batch", 1: "samples"}, encoder_out={0: "batch", 1: "frames"},
-               ctc_log_probs={0: "batch", 1: "frames"})
+    dyn.update({h: {0: "batch", 1: "frames"} for h in heads}, audio={0: "batch", 1: "samples"})
     torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold_gather, OPSET)
     try:
         _export_one(step, (audio, *[init[n] for n in names]), out / FILES[0], ["audio", *names], outputs, dyn, meta)
@@ -214,7 +219,7 @@ def export_onnx(model: HybridASR, out_dir: str | Path, tokenizer=None) -> Path:
     _export_one(JointStep(m), (enc, pred), out / FILES[2], ["enc", "pred"], ["logits"],
                 {n: batch for n in ("enc", "pred", "logits")}, meta)
 
-    write_config_and_tokenizer(model, out, tokenizer)
+    write_config_and_tokenizer(model, out, tokenizer, lexicon)
     return out
 
 
@@ -312,7 +317,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"asrlib export: warning: {e}; exporting without tokenizer.model", file=sys.stderr)
         tokenizer = None
     t0 = time.perf_counter()
-    export_onnx(model, out, tokenizer)
+    from asrlib.checkpoint import lexicon_of
+
+    export_onnx(model, out, tokenizer, lexicon_of(args.checkpoint))
     print(f"exported {', '.join(FILES)} to {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if not args.verify:
         return 0

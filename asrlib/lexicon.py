@@ -9,8 +9,9 @@ phones used, so phone ids depend on the file alone: phone i is ``phones[i]`` and
 Why: with letters or word pieces as the only targets, each unit is a class of its own. Spelled as
 phones, B is B IY and D is D IY: the E-set letters share a vowel and differ in an onset that
 other words share too, and a CTC head over phones asks the encoder to tell those onsets apart
-wherever they occur (``loss.phone_ctc_weight``, asrlib/losses/hybrid.py). The head is trained
-and never read at inference.
+wherever they occur (``loss.phone_ctc_weight``, asrlib/losses/hybrid.py). At inference the head
+can rescore a beam search's final hypotheses, each spelled in phones through the lexicon
+(asrlib/decoding/rescore.py).
 
 Shapes: ``targets(texts)`` -> phones (B, P) int64 padded with 0, lengths (B,) int64.
 """
@@ -97,8 +98,9 @@ class Lexicon:
 
 def phone_lexicon(cfg, train_texts: Iterable[str]) -> Lexicon | None:
     """The trainer's lexicon: ``loss.phone_lexicon`` read and checked against the training
-    transcripts, with ``model.phone_vocab_size`` filled from it when 0 (``cfg`` is the run's
-    Config, changed in place). None when ``loss.phone_ctc_weight`` is 0."""
+    transcripts, with ``model.phone_vocab_size`` filled from it when 0 and ``model.phone_block``
+    from ``loss.phone_ctc_block`` (``cfg`` is the run's Config, changed in place). None when
+    ``loss.phone_ctc_weight`` is 0."""
     loss, model = cfg.loss, cfg.model
     if loss.phone_ctc_weight == 0:
         if model.phone_vocab_size:
@@ -111,6 +113,7 @@ def phone_lexicon(cfg, train_texts: Iterable[str]) -> Lexicon | None:
         lexicon.check_covers(train_texts, "the training manifest")
     except LexiconError as e:  # e.g. a recipe's config (configs/an4.toml) pointed at other data
         raise LexiconError(f"{e}, or set loss.phone_ctc_weight = 0 to train without the phone CTC") from None
+    model.phone_block = loss.phone_ctc_block  # the model records where its phone head reads (validated equal or 0)
     if model.phone_vocab_size == 0:
         model.phone_vocab_size = lexicon.size
     elif model.phone_vocab_size != lexicon.size:

@@ -135,7 +135,11 @@ class OnnxStreamingBackend:
         self.state_names = [i.name for i in self.state_inputs]
         if self.state_names != info["state_names"]:
             raise ValueError(f"{self.dir}: encoder_step.onnx inputs do not match its metadata; re-export the model")
-        self.output_names = ["encoder_out", "ctc_log_probs"] + [f"new_{n}" for n in self.state_names]
+        # a model with a phone head has its log-probs as a third output (exports before it: none)
+        self.has_phones = "phone_log_probs" in {o.name for o in self.encoder.get_outputs()}
+        self.phone_vocab_size = self.cfg.phone_vocab_size if self.has_phones else 0
+        heads = ["encoder_out", "ctc_log_probs"] + (["phone_log_probs"] if self.has_phones else [])
+        self.output_names = heads + [f"new_{n}" for n in self.state_names]
         self.prediction = OnnxPrediction(_session(self.dir / "predictor_step.onnx", threads),
                                          self.cfg.prediction.kind, self.constants.blank)
         self.joint = OnnxJoint(_session(self.dir / "joint.onnx", threads))
@@ -150,17 +154,20 @@ class OnnxStreamingBackend:
         row[_FRONTEND_SAMPLES] = torch.from_numpy(np.asarray(first, np.float32))[None]
         return st.scatter(state, torch.tensor([i]), row)
 
-    def step(self, state: dict[str, Tensor], streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
+    def step(self, state: dict[str, Tensor], streams: list[int], samples: np.ndarray
+             ) -> tuple[Tensor, Tensor, Tensor | None, Any]:
         """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), CTC
-        log-probs (k, T', V + 1), new state."""
+        log-probs (k, T', V + 1), phone log-probs (k, T', P + 1) or None, new state."""
         everyone = streams == list(range(st.batch_size(state)))  # no select / scatter copies needed
         idx = torch.tensor(streams)
         sub = state if everyone else st.select(state, idx)
         feed = {"audio": np.ascontiguousarray(samples, dtype=np.float32)}
         feed.update({n: _np(sub[n]) for n in self.state_names})
-        enc, ctc, *new = self.encoder.run(self.output_names, feed)
-        new_sub = {n: torch.from_numpy(v) for n, v in zip(self.state_names, new)}
-        return torch.from_numpy(enc), torch.from_numpy(ctc), new_sub if everyone else st.scatter(state, idx, new_sub)
+        enc, ctc, *rest = self.encoder.run(self.output_names, feed)
+        phones = torch.from_numpy(rest.pop(0)) if self.has_phones else None
+        new_sub = {n: torch.from_numpy(v) for n, v in zip(self.state_names, rest)}
+        return (torch.from_numpy(enc), torch.from_numpy(ctc), phones,
+                new_sub if everyone else st.scatter(state, idx, new_sub))
 
 
 def load_onnx_recognizer(onnx_dir: str | Path, decoder: str = "rnnt_greedy", **kwargs):

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from asrlib.decoding.ctc import CTCGreedyDecoder, CTCGreedyOptions, CTCPrefixBeamDecoder, CTCPrefixBeamOptions
+from asrlib.decoding.rescore import PhoneRescoring
 from asrlib.decoding.result import DecodingResult
 from asrlib.decoding.rnnt import RNNTBeamDecoder, RNNTBeamOptions, RNNTGreedyDecoder, RNNTGreedyOptions
 from asrlib.model import state as st
@@ -59,6 +60,7 @@ class StreamingBackend(Protocol):
 
     constants: StreamingConstants
     device: torch.device
+    phone_vocab_size: int  # phones of the model's phone head (its step's third output); 0 without one
     prediction: Any  # init_state(batch, device), step(tokens, state): see asrlib.decoding.rnnt
     joint: Any  # project_encoder, project_prediction, combine
 
@@ -68,9 +70,10 @@ class StreamingBackend(Protocol):
     def prime(self, state: Any, i: int, first: np.ndarray) -> Any:
         """``state`` with stream ``i`` restarted and primed with its first ``context`` samples."""
 
-    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
+    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None, Any]:
         """samples (k, n * hop) for the k ``streams`` -> encoder frames (k, T', D), CTC
-        log-probs (k, T', V + 1), new state (the other streams' rows unchanged)."""
+        log-probs (k, T', V + 1), the phone head's log-probs (k, T', P + 1) or None for a model
+        without one, new state (the other streams' rows unchanged)."""
 
 
 @contextlib.contextmanager
@@ -136,6 +139,7 @@ class TorchStreamingBackend:
                              "the device unset to stream where the model is")
         self.model = model
         self.constants = model.streaming
+        self.phone_vocab_size = model.cfg.phone_vocab_size
         self.prediction, self.joint = _EvalPrediction(model.prediction), model.joint
         self._stream_step = _quiet(torch.compile(model.stream_step)) if compile else model.stream_step
 
@@ -149,14 +153,15 @@ class TorchStreamingBackend:
         return st.scatter(state, torch.tensor([i], device=self.device), row)
 
     @torch.inference_mode()
-    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Any]:
+    def step(self, state: Any, streams: list[int], samples: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None, Any]:
         everyone = streams == list(range(st.batch_size(state)))  # no select / scatter copies needed
         idx = torch.tensor(streams, device=self.device)
         # a final partial chunk goes through the eager step: compiling its new shape would stall the flush
         step = self._stream_step if samples.shape[-1] == self.constants.chunk_samples else self.model.stream_step
         with _eval_mode(self.model):
-            enc, ctc, sub = step(torch.from_numpy(samples).to(self.device), state if everyone else st.select(state, idx))
-        return enc, ctc, sub if everyone else st.scatter(state, idx, sub)
+            enc, ctc, phones, sub = step(torch.from_numpy(samples).to(self.device),
+                                         state if everyone else st.select(state, idx))
+        return enc, ctc, phones, sub if everyone else st.scatter(state, idx, sub)
 
 
 class RNNTStreamDecoder:
@@ -202,7 +207,9 @@ class _Stream:
     primed: bool = False
     frames: int = 0  # encoder frames produced so far
     enc: list = field(default_factory=list)  # encoder chunks, when keep_encoder_output
+    phones: list = field(default_factory=list)  # the phone head's log-prob chunks, when rescoring
     finished: bool = False
+    final: DecodingResult | None = None  # the rescored final result
 
 
 class StreamingRecognizer:
@@ -215,14 +222,16 @@ class StreamingRecognizer:
     or ``"ctc_beam"`` searches ``beam_size`` hypotheses per stream, with a language model for
     shallow fusion if ``lm`` is given (:class:`asrlib.decoding.rnnt.RNNTBeamDecoder`,
     :class:`asrlib.decoding.ctc.CTCPrefixBeamDecoder`); its partial result is the best
-    hypothesis so far, so, unlike greedy's, it may change its earlier words.
+    hypothesis so far, so, unlike greedy's, it may change its earlier words. ``rescoring``
+    (``"rnnt_beam"`` only, with a tokenizer and a model with a phone head): a stream's final
+    result is its beam's hypotheses rescored by the phone head (:mod:`asrlib.decoding.rescore`).
     """
 
     def __init__(self, model: HybridASR | None = None, tokenizer=None, decoder: str = "rnnt_greedy",
                  num_streams: int = 1, max_symbols_per_frame: int = 5, device: str | torch.device | None = None,
                  keep_encoder_output: bool = False, backend: StreamingBackend | None = None,
                  compile: bool = False, beam_size: int = 4, lm: Any = None, lm_weight: float = 0.0,
-                 token_bonus: float = 0.0):
+                 token_bonus: float = 0.0, rescoring: PhoneRescoring | None = None):
         if decoder not in DECODERS:
             raise ValueError(f"streaming decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         if num_streams < 1:
@@ -242,6 +251,13 @@ class StreamingRecognizer:
         else:
             self.decoder = (RNNTStreamDecoder(self.backend, max_symbols_per_frame) if decoder == "rnnt_greedy"
                             else CTCStreamDecoder(self.backend))
+        if rescoring is not None:
+            if decoder != "rnnt_beam" or tokenizer is None:
+                raise ValueError("phone rescoring needs decoder='rnnt_beam' and a tokenizer (it reads the words)")
+            if self.backend.phone_vocab_size != rescoring.lexicon.size:
+                raise ValueError(f"phone rescoring: the lexicon has {rescoring.lexicon.size} phones and the model's "
+                                 f"phone head {self.backend.phone_vocab_size} (0: none, or an ONNX export without it)")
+        self.rescoring = rescoring
         self.tokenizer, self.num_streams = tokenizer, num_streams
         self.keep_encoder_output = keep_encoder_output
         self.reset()
@@ -302,6 +318,9 @@ class StreamingRecognizer:
             if whole > 0:
                 self._run([stream], s.pending[None, :whole])
             s.pending, s.finished = s.pending[whole:], True
+            if self.rescoring is not None:
+                log_probs = torch.cat(s.phones) if s.phones else torch.zeros(0, self.rescoring.lexicon.size + 1)
+                s.final = self.rescoring.rescore(self.dec_state.nbest(stream, self.tokenizer.decode), log_probs)
         return self.partial(stream)
 
     def finalize_all(self) -> list[DecodingResult]:
@@ -361,7 +380,7 @@ class StreamingRecognizer:
 
     # ------------------------------------------------------------------ one step
     def _run(self, streams: list[int], samples: np.ndarray) -> None:
-        enc, ctc, self.state = self.backend.step(self.state, streams, samples)  # (k, T', D), (k, T', V + 1)
+        enc, ctc, phones, self.state = self.backend.step(self.state, streams, samples)  # (k, T', D), (k, T', V + 1)
         everyone = streams == list(range(self.num_streams))
         sub = self.dec_state if everyone else self.dec_state.select(streams)
         sub = self.decoder.decode_chunk(enc, ctc, sub, [self.streams[i].frames for i in streams])
@@ -370,10 +389,14 @@ class StreamingRecognizer:
             s = self.streams[i]
             if self.keep_encoder_output:
                 s.enc.append(torch.as_tensor(enc[row]).detach().cpu())
+            if self.rescoring is not None:
+                s.phones.append(phones[row].detach().cpu())
             s.frames += enc.shape[1]
 
     # ------------------------------------------------------------------ output
     def partial(self, stream: int = 0) -> DecodingResult:
+        if self.streams[stream].final is not None:
+            return self.streams[stream].final
         d = self.dec_state
         tokens = list(d.tokens[stream])
         text = ""

@@ -412,7 +412,8 @@ class Trainer:
             ckpt.rotate(folder, self.cfg.trainer.keep_last, self.progress.step)
             if best:
                 ckpt.atomic_save(state, folder / "best.pt")
-                ckpt.export_weights(self.shipped_model(), self.out / "best_model", self.tokenizer)
+                ckpt.export_weights(self.shipped_model(), self.out / "best_model", self.tokenizer,
+                                    self.lexicon.source if self.lexicon is not None else None)
         except OSError as e:  # disk full, folder made read-only, …
             raise UsageError(f"could not write a checkpoint to {folder}: {e.strerror or e}; free space or fix the "
                              f"folder, then continue with: {self.resume_command}") from None

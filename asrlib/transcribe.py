@@ -6,6 +6,9 @@
     asrlib transcribe --onnx DIR --stream FILE…                 the same with onnxruntime only
     asrlib transcribe --checkpoint CK --decoder rnnt_beam --lm LM.arpa FILE…   beam search + n-gram LM
                                                                  (or ctc_beam; with --stream too)
+    asrlib transcribe --checkpoint models/an4 --decoder rnnt_beam --lm models/an4/lm.arpa --phone-weight 0.5 FILE…
+                                                                 + the phone head's rescoring of the final
+                                                                 hypotheses (asrlib/decoding/rescore.py)
 
 CK is a training checkpoint or an exported folder (e.g. ``models/digits_demo``).
 
@@ -80,9 +83,11 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (streaming steps are small: 1 is"
                    " usually fastest)")
+    from asrlib.decoding.rescore import add_rescoring_arguments, rescoring_options
     from asrlib.ngram import add_decoding_arguments, decoding_options
 
     add_decoding_arguments(p)
+    add_rescoring_arguments(p)
     args = p.parse_args(argv)
     from asrlib.errors import UsageError
     from asrlib.tokenizer import Tokenizer
@@ -98,13 +103,15 @@ def _main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.onnx:
-        from asrlib.onnx_runtime import load_onnx_recognizer
+        from asrlib.onnx_runtime import OnnxStreamingBackend, load_onnx_recognizer
 
         tok_path = Path(args.onnx) / "tokenizer.model"
         pieces = Tokenizer(tok_path).pieces() if tok_path.is_file() else None  # else the loader says what is missing
+        phone_vocab = OnnxStreamingBackend(args.onnx).phone_vocab_size if args.phone_weight else 0
         rec = load_onnx_recognizer(args.onnx, decoder=args.decoder,  # one set of sessions for every file
                                    max_symbols_per_frame=args.max_symbols, beam_size=args.beam,
-                                   **(decoding_options(args, pieces) if pieces else {}))
+                                   **(decoding_options(args, pieces) if pieces else {}),
+                                   **rescoring_options(args, phone_vocab, args.onnx))
         sr = rec.constants.sample_rate
         args.stream = True
     else:
@@ -114,6 +121,7 @@ def _main(argv: list[str] | None = None) -> int:
 
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, device=args.device)
         fusion = decoding_options(args, tokenizer.pieces())
+        fusion.update(rescoring_options(args, model.cfg.phone_vocab_size, args.checkpoint))
         sr = model.cfg.frontend.sample_rate
         rec = StreamingRecognizer(model, tokenizer, decoder=args.decoder, compile=args.compile,
                                   max_symbols_per_frame=args.max_symbols, beam_size=args.beam, **fusion)

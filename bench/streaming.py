@@ -135,7 +135,7 @@ def encoder_step_ms(backend, wave: np.ndarray) -> list[float]:
     times = []
     for start in range(c, len(wave) - n + 1, n):
         t0 = time.perf_counter()
-        _, _, state = backend.step(state, [0], wave[None, start : start + n])  # (1, chunk_samples) in
+        _, _, _, state = backend.step(state, [0], wave[None, start : start + n])  # (1, chunk_samples) in
         times.append(1000 * (time.perf_counter() - t0))
     return times
 

@@ -208,3 +208,33 @@ def test_a_model_key_older_checkpoints_lack_counts_as_its_default():
     assert ckpt.model_mismatch(older, with_phones) == "model.phone_vocab_size = 0 in the checkpoint, 33 now"
     unknown = {**now, "encoder": {**now["encoder"], "from_the_future": 1}}  # a newer checkpoint: as written
     assert ckpt.model_mismatch(unknown, now) == "model.encoder.from_the_future = 1 in the checkpoint, '<absent>' now"
+
+
+def test_a_checkpoint_from_before_model_phone_block_takes_it_from_its_loss_section(tmp_path):
+    """Checkpoints written before the model recorded its phone head's block read it from the run's
+    loss.phone_ctc_block (what the head was trained on), so they resume and rescore as trained."""
+    from asrlib.config import to_dict
+
+    cfg = load_config(None, ["model.phone_vocab_size=5", "loss.phone_ctc_block=4"])
+    saved = to_dict(cfg)
+    del saved["model"]["phone_block"]
+    ckpt.atomic_save({"config": saved, "model": {}}, tmp_path / "old.pt")
+    assert ckpt.load_checkpoint(tmp_path / "old.pt")["config"]["model"]["phone_block"] == 4
+    saved["model"]["phone_block"] = 2  # a newer checkpoint's own value stands
+    ckpt.atomic_save({"config": saved, "model": {}}, tmp_path / "new.pt")
+    assert ckpt.load_checkpoint(tmp_path / "new.pt")["config"]["model"]["phone_block"] == 2
+
+
+def test_exported_weights_carry_the_phone_heads_lexicon_and_only_its(tmp_path):
+    from asrlib.model.hybrid import build_model
+
+    lexicon = tmp_path / "words.txt"
+    lexicon.write_text("B B IY\nTWO T UW\n")
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["model.vocab_size=16"]).model
+    ckpt.export_weights(build_model(cfg), tmp_path / "plain", lexicon=lexicon)
+    assert not (tmp_path / "plain" / "lexicon.txt").exists()  # no phone head: nothing reads it
+    cfg.phone_vocab_size, cfg.phone_block = 4, 2
+    ckpt.export_weights(build_model(cfg), tmp_path / "phones", lexicon=lexicon)
+    assert (tmp_path / "phones" / "lexicon.txt").read_text() == lexicon.read_text()
+    assert ckpt.lexicon_of(tmp_path / "phones") == tmp_path / "phones" / "lexicon.txt"
+    assert ckpt.load_model(tmp_path / "phones")[0].cfg.phone_block == 2

@@ -13,6 +13,7 @@ from asrlib import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits_demo"
+AN4 = ROOT / "models" / "an4"  # a model with a phone head
 AUDIO = next((ROOT / "data_samples" / "digits" / "audio" / "test_seen").glob("*.flac"))
 MANIFEST = ROOT / "data_samples" / "digits" / "test_seen.jsonl"
 
@@ -26,6 +27,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
     lm.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\t<unk>\n-0.3\t</s>\n\n\\end\\\n")
     other = tmp / "other.arpa"  # one whose words the digits tokenizer does not have
     other.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\tXYZZY\n-0.3\t</s>\n\n\\end\\\n")
+    small_lexicon = tmp / "lexicon.txt"  # 3 phones, where the AN4 model's head has 33
+    small_lexicon.write_text("B B IY\nTWO T UW\n")
     shouting = tmp / "upper.txt"  # text the digits tokenizer (lower case) cannot spell
     shouting.write_text("NINE NINE\nFOUR\n")
     return [
@@ -51,6 +54,13 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("ngram", ["ngram", "--tokenizer", str(ROOT / "data_samples" / "digits" / "tokenizer"), "--text",
                    str(shouting), "--out", str(tmp / "y.arpa")]),  # no sentence the tokenizer spells
         ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--streams", "0"]),
+        ("evaluate", ["evaluate", "--checkpoint", str(AN4), "--manifest", str(MANIFEST), "--phone-weight", "0.5"]),  # greedy
+        ("evaluate", ["evaluate", "--checkpoint", str(MODEL), "--manifest", str(MANIFEST), "--decoder", "rnnt_beam",
+                      "--phone-weight", "0.5"]),  # a model without a phone head
+        ("evaluate", ["evaluate", "--checkpoint", str(AN4), "--manifest", str(MANIFEST), "--decoder", "rnnt_beam",
+                      "--phone-weight", "0.5", "--lexicon", str(small_lexicon)]),  # another lexicon than the model's
+        ("transcribe", ["transcribe", "--checkpoint", str(AN4), "--decoder", "rnnt_beam", "--lexicon",
+                        str(small_lexicon), str(AUDIO)]),  # --lexicon without --phone-weight
         ("transcribe", ["transcribe", "--checkpoint", str(tmp / "nope"), str(AUDIO)]),
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(tmp / "missing.wav")]),  # missing audio
         ("transcribe", ["transcribe", "--checkpoint", str(MODEL), str(corrupt)]),  # corrupt audio

@@ -3,8 +3,8 @@
 The real demo (configs/demo.toml, ~10 min) is too long for the test suite; this runs the same
 module and the same launch (torchrun --standalone, DDP over gloo) on the tiny preset for a
 few steps and checks what the demo promises: one table, metrics.json with every test split
-and decoder (beam search with an n-gram model too, as ``make demo DATA=an4`` asks), streaming
-equal to offline, exported weights that load.
+and decoder (beam search with an n-gram model too, and with a phone head its rescoring, as
+``make demo DATA=an4`` asks), streaming equal to offline, exported weights that load.
 """
 
 from __future__ import annotations
@@ -26,11 +26,15 @@ def test_demo_under_torchrun_trains_on_two_processes_and_reports_once(tmp_path):
     train = make_manifest(tmp_path, [0, 6, 9, 11, 13, 15])
     test = make_manifest(tmp_path, [1, 2, 3], name="test_small.jsonl")
     out = tmp_path / "demo"
+    lexicon = tmp_path / "lexicon.txt"  # the digit words of the bundled corpus, in ARPAbet
+    lexicon.write_text("zero Z IH R OW\none W AH N\ntwo T UW\nthree TH R IY\nfour F AO R\nfive F AY V\n"
+                       "six S IH K S\nseven S EH V AH N\neight EY T\nnine N AY N\n")
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "asrlib.demo", "--config", str(TINY), "--out", str(out), "--test", str(test), "--lm-order", "3"]
     for o in [f"train_dataset.train_manifest={train}", f"validation_dataset.validation_manifest={test}",
               "train_dataset.batch_seconds=3.0", f"trainer.max_steps={STEPS}", "trainer.eval_every=2",
-              "trainer.progress_bar=false", "logger.log_to_tensorboard=false"]:
+              "trainer.progress_bar=false", "logger.log_to_tensorboard=false", "loss.phone_ctc_weight=0.3",
+              f"loss.phone_lexicon={lexicon}", "loss.phone_ctc_block=1"]:
         args += ["--set", o]
     r = subprocess.run(args, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
                        capture_output=True, text=True, timeout=300)
@@ -42,15 +46,19 @@ def test_demo_under_torchrun_trains_on_two_processes_and_reports_once(tmp_path):
     assert summary["steps"] == STEPS
     results = summary["results"]
     assert set(results) == {f"test_small/{d}" for d in ("rnnt_greedy", "ctc_greedy", "rnnt_greedy_stream",
-                                                         "rnnt_beam_lm", "rnnt_beam_lm_stream")}
+                                                         "rnnt_beam_lm", "rnnt_beam_lm_stream",
+                                                         "rnnt_beam_lm_phones", "rnnt_beam_lm_phones_stream")}
     for v in results.values():
         assert v["num_utterances"] == 3 and v["wer"] >= 0.0
     assert results["test_small/rnnt_greedy_stream"]["wer"] == results["test_small/rnnt_greedy"]["wer"]
     assert results["test_small/rnnt_beam_lm_stream"]["wer"] == results["test_small/rnnt_beam_lm"]["wer"]
+    assert results["test_small/rnnt_beam_lm_phones_stream"]["wer"] == results["test_small/rnnt_beam_lm_phones"]["wer"]
+    assert "rescored by the phone head (block 1)" in r.stdout
     assert "\\3-grams:" in (out / "lm.arpa").read_text()  # the n-gram model of the training text
     assert (out / "curves.png").stat().st_size > 0
     model, _ = load_model(out / "best_model")
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert model.cfg.phone_block == 1 and (out / "best_model" / "lexicon.txt").read_text() == lexicon.read_text()
 
 
 def test_the_demo_scores_the_test_splits_beside_every_training_manifest(tmp_path):

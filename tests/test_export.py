@@ -134,7 +134,7 @@ def test_step_batch2_any_length(model, backend, flush_frames):
             enc, es = model.encoder.step(feats, state.encoder)
             ctc = model.ctc_head(enc)
             state = type(state)(fe, es)
-            onnx_enc, onnx_ctc, onnx_state = backend.step(onnx_state, [0, 1], a.numpy())
+            onnx_enc, onnx_ctc, _, onnx_state = backend.step(onnx_state, [0, 1], a.numpy())
             assert onnx_enc.shape == enc.shape == (2, -(-n // 640), 48)
             assert float((onnx_enc - enc).abs().max()) < TOL
             assert float((onnx_ctc - ctc).abs().max()) < TOL
@@ -159,8 +159,8 @@ def test_short_ssd_chunk_is_exact_on_the_flush(tmp_path):
         with torch.no_grad():
             for n in (m.chunk_samples, frames * 160):
                 a = 0.1 * torch.randn(1, n, generator=g)
-                enc, _, state = m.stream_step(a, state)
-                onnx_enc, _, onnx_state = be.step(onnx_state, [0], a.numpy())
+                enc, _, _, state = m.stream_step(a, state)
+                onnx_enc, _, _, onnx_state = be.step(onnx_state, [0], a.numpy())
                 assert onnx_enc.shape == enc.shape
                 assert float((onnx_enc - enc).abs().max()) < TOL
 
@@ -292,3 +292,35 @@ def test_beam_search_with_a_language_model_on_onnxruntime_equals_pytorch(model, 
     assert [r.tokens for r in got] == [r.tokens for r in want]
     assert sum(len(r.tokens) for r in want) > 10
     np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-4, atol=1e-3)
+
+
+def test_a_phone_head_is_exported_as_a_third_output(tmp_path):
+    """A model with a phone head (on block 2) exports its log-probs as ``phone_log_probs``, equal to
+    PyTorch's streaming step; the lexicon goes beside the graphs; a model without one has no such
+    output, and its backend reports no phones."""
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "configs" / "tiny.toml")
+    cfg.model.vocab_size, cfg.model.phone_vocab_size, cfg.model.phone_block = 16, 5, 2
+    m = build_model(cfg.model).eval()
+    lexicon = tmp_path / "words.txt"
+    lexicon.write_text("B B IY\nD D IY\nTWO T UW\n")  # B D IY T UW: 5 phones
+    be = OnnxStreamingBackend(export_onnx(m, tmp_path / "onnx", TOKENIZER, lexicon), threads=1)
+    assert be.has_phones and be.phone_vocab_size == 5
+    assert (tmp_path / "onnx" / "lexicon.txt").read_text() == lexicon.read_text()
+    state, onnx_state = m.init_stream(1), st.flatten(m.init_stream(1), "state")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n in (m.chunk_samples, m.chunk_samples, 7 * 160):
+            a = 0.1 * torch.randn(1, n, generator=g)
+            _, _, phones, state = m.stream_step(a, state)
+            _, _, onnx_phones, onnx_state = be.step(onnx_state, [0], a.numpy())
+            assert onnx_phones.shape == phones.shape and phones.shape[-1] == 6
+            assert float((onnx_phones - phones).abs().max()) < TOL
+
+
+def test_a_model_without_a_phone_head_exports_no_phone_output(backend, onnx_dir):
+    assert not backend.has_phones and backend.phone_vocab_size == 0
+    assert not (onnx_dir / "lexicon.txt").exists()
+    state = backend.init_state(1)
+    _, _, phones, _ = backend.step(state, [0], np.zeros((1, backend.constants.chunk_samples), np.float32))
+    assert phones is None

@@ -338,10 +338,11 @@ def test_phone_ctc_trains_its_head_logs_its_loss_and_names_a_missing_word(tmp_pa
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("three TH R IY\nsix S IH K S\neight EY T\n")
     phones = ("loss.phone_ctc_weight=0.5", f"loss.phone_lexicon={lexicon}", "trainer.max_steps=3",
-              "trainer.log_every=1")
-    tr = Trainer(tiny_config(tmp_path / "run", train, *phones))
+              "trainer.log_every=1", "loss.phone_ctc_block=1")
+    tr = Trainer(tiny_config(tmp_path / "run", train, *phones, valid=train))
     tr.setup()
     assert tr.cfg.model.phone_vocab_size == 8 and tr.model.phone_head.proj.out_features == 9  # TH R IY S IH K EY T + blank
+    assert tr.cfg.model.phone_block == 1  # the model records where its head reads, for inference
     before = tr.model.phone_head.proj.weight.detach().clone()
     tr.fit()
     assert not torch.equal(before, tr.model.phone_head.proj.weight)
@@ -349,6 +350,9 @@ def test_phone_ctc_trains_its_head_logs_its_loss_and_names_a_missing_word(tmp_pa
     assert len(rows) == 3 and all(math.isfinite(m["phone_ctc"]) and m["phone_ctc"] > 0 for m in rows)
     state = torch.load(ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1], weights_only=True)
     assert torch.equal(state["model"]["phone_head.proj.weight"], tr.model.phone_head.proj.weight)
+    shipped = tmp_path / "run" / "best_model"  # the folder carries the lexicon the head's phones come from
+    assert (shipped / "lexicon.txt").read_text() == lexicon.read_text()
+    assert ckpt.load_model(shipped)[0].cfg.phone_block == 1
 
     lexicon.write_text("three TH R IY\nsix S IH K S\n")  # no "eight"
     argv = ["train", "--config", str(TINY)]

@@ -254,6 +254,13 @@ class RNNTBeamState:
     def scores(self) -> list[float]:
         return [max(t) for t in self._totals()]
 
+    def nbest(self, stream: int, detokenize: Detokenize | None = None) -> list[DecodingResult]:
+        """Every hypothesis stream ``stream`` holds, best first, scored as ``scores`` scores the
+        best (ending included): what a second pass rescores (asrlib/decoding/rescore.py)."""
+        ranked = sorted(zip(self._totals()[stream], self.hyps[stream]), key=lambda x: -x[0])
+        return [DecodingResult(list(seq), list(stamps), total, detokenize(list(seq)) if detokenize else "")
+                for total, (seq, stamps) in ranked]
+
     def select(self, rows: list[int]) -> "RNNTBeamState":
         """The state of streams ``rows``."""
         return RNNTBeamState(*([getattr(self, f)[r] for r in rows] for f in _BEAM_FIELDS))

@@ -20,6 +20,7 @@ no augmentation did not do that (notebook 04 and bench/learning_start.py).
 Shapes: B batch, T frontend frames, M mel bins, T' encoder frames, D d_model.
     forward(feats (B, T, M), lengths (B,))   -> (B, T', D), lengths' (B,)
     step(feats (B, Tc, M), EncoderState)     -> (B, ceil(Tc / factor), D), EncoderState
+    forward_taps / step_taps: the same, plus the listed blocks' outputs through the final norm
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Encoder(nn.Module):
     def forward_taps(self, feats: Tensor, lengths: Tensor, taps: tuple[int, ...]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """``forward``, plus the output of each block numbered in ``taps`` (1-based, in the order
         given) through the final norm: what an intermediate CTC loss or a phone CTC on a lower block
-        reads (training only; streaming never taps)."""
+        reads (``step_taps`` is its streaming twin)."""
         x, lengths = self.subsampling(feats, lengths)
         x = x * self.input_scale
         if x.shape[1] == 0:  # audio shorter than one window: nothing to mix
@@ -96,16 +97,25 @@ class Encoder(nn.Module):
         )
 
     def step(self, feats: Tensor, state: EncoderState) -> tuple[Tensor, EncoderState]:
+        out, state, _ = self.step_taps(feats, state, ())
+        return out, state
+
+    def step_taps(self, feats: Tensor, state: EncoderState,
+                  taps: tuple[int, ...]) -> tuple[Tensor, EncoderState, list[Tensor]]:
+        """``step``, plus the output of each block numbered in ``taps`` through the final norm, as
+        ``forward_taps`` gives them for the whole utterance (the phone head's input, streaming)."""
         x, sub_state = self.subsampling.step(feats, state.subsampling)
         x = x * self.input_scale
         if x.shape[1] == 0:
-            return x, EncoderState(subsampling=sub_state, blocks=state.blocks)
-        new_blocks, shared = [], None
-        for block, block_state in zip(self.blocks, state.blocks):
+            return x, EncoderState(subsampling=sub_state, blocks=state.blocks), [x for _ in taps]
+        new_blocks, shared, outputs = [], None, {}
+        for i, (block, block_state) in enumerate(zip(self.blocks, state.blocks), start=1):
             if block.kind == "gqa" and shared is None:
                 # every attention block holds the same position and steps by the same chunk:
                 # one key mask and one set of RoPE angles serve them all
                 shared = block.mixer.step_shared(block_state.mixer.pos, x.shape[1], x.dtype)
             x, block_state = block.step(x, block_state, shared)
             new_blocks.append(block_state)
-        return self.norm(x), EncoderState(subsampling=sub_state, blocks=new_blocks)
+            if i in taps:
+                outputs[i] = self.norm(x)
+        return self.norm(x), EncoderState(subsampling=sub_state, blocks=new_blocks), [outputs[t] for t in taps]

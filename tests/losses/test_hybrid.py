@@ -219,3 +219,13 @@ def test_phone_ctc_block_out_of_range_is_a_config_error(block):
 
     with pytest.raises(ConfigError, match="phone_ctc_block"):
         tiny_cfg("model.encoder.n_blocks=3", f"loss.phone_ctc_block={block}")
+
+
+def test_model_phone_block_is_the_losss_or_left_to_the_trainer():
+    """model.phone_block records where the phone head reads (filled from loss.phone_ctc_block by the
+    trainer); set by hand to another block it would contradict the loss: a config error naming both."""
+    from asrlib.config import ConfigError
+
+    assert tiny_cfg("model.encoder.n_blocks=3", "loss.phone_ctc_block=2", "model.phone_block=2").model.phone_block == 2
+    with pytest.raises(ConfigError, match="model.phone_block = 1 but loss.phone_ctc_block = 2"):
+        tiny_cfg("model.encoder.n_blocks=3", "loss.phone_ctc_block=2", "model.phone_block=1")
