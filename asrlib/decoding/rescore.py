@@ -15,8 +15,9 @@ with a word the lexicon lacks, or with more phones than its frames can carry, ha
 Why: the RNN-T head spells letters, and the letters AN4 confuses most (the E-set: B C D E G P T V
 Z, and the nasals M N) differ in one onset each. The phone head learned those onsets as classes
 shared by many words, and it judges a whole hypothesis at once where the beam scored it letter by
-letter. Measured (docs/experiments.md, "Rescoring the beam with the phone head"): it lowers the
-15-minute recipe's dev WER on every seed tried, and not the longer run's model (models/an4).
+letter. Measured (docs/experiments.md, "Decoding with a language model of the training text", from
+session 51's scratch study to "Built (session 52)"): at weight 0.5 it lowers the 15-minute recipe's
+dev WER on every run scored, and not the longer run's model (models/an4).
 
 Streaming: the phone head reads a causal block like every other output, so the recogniser keeps
 its log-probs per stream (P + 1 numbers per encoder frame) and rescores when the stream is
