@@ -198,7 +198,7 @@ class LossConfig:
     inter_ctc_weight: float = 0.0
     # auxiliary CTC over phones (asrlib/lexicon.py): a second CTC head on the encoder output whose
     # targets are the transcript's words spelled by phone_lexicon; loss += phone_ctc_weight * its
-    # per-phone mean. Training only: nothing at inference reads the head.
+    # per-phone mean. At inference the head is read only to rescore (--phone-weight, asrlib/decoding/rescore.py).
     phone_ctc_weight: float = 0.0
     phone_lexicon: str = ""  # 'WORD PHONE PHONE ...' lines; relative to the config file's folder
     phone_ctc_block: int = 0  # the phone head reads block k's output (1-based, through the final norm); 0 = the encoder's
