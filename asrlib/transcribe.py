@@ -103,11 +103,12 @@ def _main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.onnx:
-        from asrlib.onnx_runtime import OnnxStreamingBackend, load_onnx_recognizer
+        from asrlib.onnx_runtime import load_onnx_recognizer, read_metadata
 
         tok_path = Path(args.onnx) / "tokenizer.model"
         pieces = Tokenizer(tok_path).pieces() if tok_path.is_file() else None  # else the loader says what is missing
-        phone_vocab = OnnxStreamingBackend(args.onnx).phone_vocab_size if args.phone_weight else 0
+        # the model's phone head, from the graph's metadata (the recogniser checks the graph has its output)
+        phone_vocab = read_metadata(Path(args.onnx) / "encoder_step.onnx")[0].phone_vocab_size if args.phone_weight else 0
         rec = load_onnx_recognizer(args.onnx, decoder=args.decoder,  # one set of sessions for every file
                                    max_symbols_per_frame=args.max_symbols, beam_size=args.beam,
                                    **(decoding_options(args, pieces) if pieces else {}),
