@@ -29,6 +29,9 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
     other.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\tXYZZY\n-0.3\t</s>\n\n\\end\\\n")
     small_lexicon = tmp / "lexicon.txt"  # 3 phones, where the AN4 model's head has 33
     small_lexicon.write_text("B B IY\nTWO T UW\n")
+    renamed = tmp / "renamed_lexicon.txt"  # the AN4 lexicon with its phone Z called ZZ: 33 phones, other ids
+    renamed.write_text("\n".join(" ".join("ZZ" if f == "Z" else f for f in line.split("#")[0].split())
+                                 for line in (AN4 / "lexicon.txt").read_text().splitlines()) + "\n")
     shouting = tmp / "upper.txt"  # text the digits tokenizer (lower case) cannot spell
     shouting.write_text("NINE NINE\nFOUR\n")
     return [
@@ -59,6 +62,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
                       "--phone-weight", "0.5"]),  # a model without a phone head
         ("evaluate", ["evaluate", "--checkpoint", str(AN4), "--manifest", str(MANIFEST), "--decoder", "rnnt_beam",
                       "--phone-weight", "0.5", "--lexicon", str(small_lexicon)]),  # another lexicon than the model's
+        ("transcribe", ["transcribe", "--checkpoint", str(AN4), "--decoder", "rnnt_beam", "--phone-weight", "0.5",
+                        "--lexicon", str(renamed), str(AUDIO)]),  # as many phones as the model's, but other ones
         ("transcribe", ["transcribe", "--checkpoint", str(AN4), "--decoder", "rnnt_beam", "--lexicon",
                         str(small_lexicon), str(AUDIO)]),  # --lexicon without --phone-weight
         ("transcribe", ["transcribe", "--checkpoint", str(tmp / "nope"), str(AUDIO)]),

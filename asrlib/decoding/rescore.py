@@ -125,4 +125,27 @@ def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_pat
     if lexicon.size != phone_vocab_size:
         raise UsageError(f"the lexicon {path} has {lexicon.size} phones but the model's phone head "
                          f"{phone_vocab_size}: pass the lexicon it was trained with (its loss.phone_lexicon)")
+    if args.lexicon is not None:
+        _check_same_phones(lexicon, model_path)
     return {"rescoring": PhoneRescoring(lexicon, args.phone_weight)}
+
+
+def _check_same_phones(lexicon: Lexicon, model_path: str | Path) -> None:
+    """A lexicon given with ``--lexicon`` must spell with the phones of the model's own lexicon, where
+    that is known (a model folder's ``lexicon.txt``, or the training checkpoint's ``loss.phone_lexicon``):
+    phone i is the i-th of the sorted inventory, so another inventory of the same size would read the
+    head's outputs as other phones. Pronunciations may differ; the inventory may not."""
+    from asrlib.checkpoint import lexicon_of  # the checkpoint module loads models: only when asked
+
+    own_path = lexicon_of(model_path)
+    if own_path is None or own_path.resolve() == Path(lexicon.source).resolve():
+        return
+    try:
+        own = Lexicon.read(own_path)
+    except LexiconError:
+        return  # the model's own file is unreadable: the count check above is all there is to go on
+    if own.phones != lexicon.phones:
+        differ = sorted(set(own.phones) ^ set(lexicon.phones))
+        raise UsageError(f"the lexicon {lexicon.source} spells with other phones than the model's own {own_path} "
+                         f"({', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''} in one and not the other): "
+                         "pass the lexicon the model was trained with")

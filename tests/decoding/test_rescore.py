@@ -130,3 +130,30 @@ def test_rescoring_streaming_equals_offline_on_the_shipped_an4_model():
     with pytest.raises(ValueError, match="7 phones and the model's phone head 33"):
         StreamingRecognizer(model, tok, decoder="rnnt_beam",
                             rescoring=PhoneRescoring(Lexicon({"A": tuple("abcdefg")}), 1.0))
+
+
+def test_a_lexicon_with_the_same_count_but_other_phones_is_refused(tmp_path):
+    """Phone ids are positions in the sorted inventory: a lexicon of as many phones but other ones
+    would read the head's outputs as other phones. The model's own lexicon.txt is the reference;
+    pronunciations may differ (a word spelled otherwise with the same phones is accepted)."""
+    import argparse
+
+    from asrlib.decoding.rescore import rescoring_options
+    from asrlib.errors import UsageError
+
+    own = (ROOT / "models" / "an4" / "lexicon.txt").read_text()
+    phones = Lexicon.read(ROOT / "models" / "an4" / "lexicon.txt").phones
+    assert "Z" in phones and "ZZ" not in phones
+    renamed = tmp_path / "renamed.txt"
+    renamed.write_text(own.replace(" Z", " ZZ"))
+    respelled = tmp_path / "respelled.txt"  # TWO as T UW UW: the same inventory, another pronunciation
+    respelled.write_text("\n".join("TWO T UW UW" if line.split()[:1] == ["TWO"] else line for line in own.splitlines()))
+    assert Lexicon.read(renamed).size == len(phones) and Lexicon.read(respelled).phones == phones
+
+    def args(lexicon):
+        return argparse.Namespace(phone_weight=0.5, lexicon=str(lexicon), decoder="rnnt_beam")
+
+    with pytest.raises(UsageError, match="other phones"):
+        rescoring_options(args(renamed), len(phones), ROOT / "models" / "an4")
+    opts = rescoring_options(args(respelled), len(phones), ROOT / "models" / "an4")
+    assert opts["rescoring"].lexicon.pronunciations["TWO"] == ("T", "UW", "UW")
