@@ -93,13 +93,13 @@ def add_rescoring_arguments(p: argparse.ArgumentParser) -> None:
                    "score weighted so (0: off; 0.5 on AN4, docs/experiments.md)")
     p.add_argument("--lexicon", default=None,
                    help="with --phone-weight: the pronunciation lexicon the model was trained with (default: "
-                   "lexicon.txt in the model folder)")
+                   "lexicon.txt in a model folder; the file a training checkpoint's loss.phone_lexicon names)")
 
 
 def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_path: str | Path) -> dict:
     """``{"rescoring": PhoneRescoring or None}`` from the flags above, checked against the model
     (``phone_vocab_size``: its phone head's phones, 0 without one; ``model_path``: the checkpoint
-    or model folder, whose ``lexicon.txt`` is the default)."""
+    or model folder, whose own lexicon is the default: ``_own_lexicon``)."""
     if args.phone_weight == 0:
         if args.lexicon is not None:
             raise UsageError("--lexicon is read only with --phone-weight > 0 (the phone rescoring); add one, or drop "
@@ -113,11 +113,7 @@ def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_pat
     if phone_vocab_size == 0:
         raise UsageError(f"{model_path} has no phone head to rescore with (train one with loss.phone_ctc_weight > 0 "
                          "and a loss.phone_lexicon); drop --phone-weight")
-    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
-    path = Path(args.lexicon) if args.lexicon is not None else folder / "lexicon.txt"
-    if args.lexicon is None and not path.is_file():
-        raise UsageError(f"no lexicon.txt in {folder}: pass --lexicon with the lexicon the model was trained with "
-                         "(its loss.phone_lexicon)")
+    path = Path(args.lexicon) if args.lexicon is not None else _own_lexicon(model_path)
     try:
         lexicon = Lexicon.read(path)
     except LexiconError as e:  # its hint names the training key; here the flag is the place to fix
@@ -128,6 +124,19 @@ def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_pat
     if args.lexicon is not None:
         _check_same_phones(lexicon, model_path)
     return {"rescoring": PhoneRescoring(lexicon, args.phone_weight)}
+
+
+def _own_lexicon(model_path: str | Path) -> Path:
+    """The lexicon the model was trained with: a model folder's ``lexicon.txt``, or the file a training
+    checkpoint's ``loss.phone_lexicon`` names (its absolute path, as the run resolved it)."""
+    from asrlib.checkpoint import lexicon_of  # the checkpoint module loads models: only when asked
+
+    found = lexicon_of(model_path)
+    if found is None:
+        where = (f"no lexicon.txt in {model_path}" if Path(model_path).is_dir() else
+                 f"the lexicon {model_path} was trained with (its loss.phone_lexicon) is not on this machine")
+        raise UsageError(f"{where}: pass --lexicon with the lexicon the model was trained with")
+    return found
 
 
 def _check_same_phones(lexicon: Lexicon, model_path: str | Path) -> None:

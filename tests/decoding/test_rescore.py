@@ -157,3 +157,30 @@ def test_a_lexicon_with_the_same_count_but_other_phones_is_refused(tmp_path):
         rescoring_options(args(renamed), len(phones), ROOT / "models" / "an4")
     opts = rescoring_options(args(respelled), len(phones), ROOT / "models" / "an4")
     assert opts["rescoring"].lexicon.pronunciations["TWO"] == ("T", "UW", "UW")
+
+
+def test_a_training_checkpoint_rescores_with_the_lexicon_it_was_trained_with(tmp_path):
+    """Without --lexicon, a .pt checkpoint's default is the file its run's loss.phone_lexicon names
+    (not a lexicon.txt beside it); once that file is gone, a one-line error asks for --lexicon."""
+    import argparse
+
+    from asrlib import checkpoint as ckpt
+    from asrlib.config import to_dict
+    from asrlib.decoding.rescore import rescoring_options
+    from asrlib.errors import UsageError
+
+    trained = tmp_path / "data" / "words.txt"
+    trained.parent.mkdir()
+    trained.write_text("B B IY\nTWO T UW\n")  # 4 phones: B, IY, T, UW
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "lexicon.txt").write_text("A EY\n")  # a stray file beside the checkpoint: not read
+    cfg = load_config(None, ["loss.phone_ctc_weight=0.3", f"loss.phone_lexicon={trained}", "model.phone_vocab_size=4"])
+    ckpt.atomic_save({"config": to_dict(cfg), "model": {}}, tmp_path / "runs" / "best.pt")
+    args = argparse.Namespace(phone_weight=0.5, lexicon=None, decoder="rnnt_beam")
+    opts = rescoring_options(args, 4, tmp_path / "runs" / "best.pt")
+    assert opts["rescoring"].lexicon.pronunciations == {"B": ("B", "IY"), "TWO": ("T", "UW")}
+    trained.unlink()
+    with pytest.raises(UsageError, match="not on this machine: pass --lexicon"):
+        rescoring_options(args, 4, tmp_path / "runs" / "best.pt")
+    with pytest.raises(UsageError, match="no lexicon.txt in"):
+        rescoring_options(args, 4, tmp_path / "data")  # a folder without one
