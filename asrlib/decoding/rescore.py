@@ -99,7 +99,7 @@ def add_rescoring_arguments(p: argparse.ArgumentParser) -> None:
 def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_path: str | Path) -> dict:
     """``{"rescoring": PhoneRescoring or None}`` from the flags above, checked against the model
     (``phone_vocab_size``: its phone head's phones, 0 without one; ``model_path``: the checkpoint
-    or model folder, whose own lexicon is the default: ``_own_lexicon``)."""
+    or model folder, whose own lexicon is the default: ``checkpoint.lexicon_of``)."""
     if args.phone_weight == 0:
         if args.lexicon is not None:
             raise UsageError("--lexicon is read only with --phone-weight > 0 (the phone rescoring); add one, or drop "
@@ -113,7 +113,14 @@ def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_pat
     if phone_vocab_size == 0:
         raise UsageError(f"{model_path} has no phone head to rescore with (train one with loss.phone_ctc_weight > 0 "
                          "and a loss.phone_lexicon); drop --phone-weight")
-    path = Path(args.lexicon) if args.lexicon is not None else _own_lexicon(model_path)
+    from asrlib.checkpoint import lexicon_of  # the checkpoint module loads models: only when asked
+
+    own_path = lexicon_of(model_path)  # the lexicon the model was trained with, where it is known
+    if args.lexicon is None and own_path is None:
+        where = (f"no lexicon.txt in {model_path}" if Path(model_path).is_dir() else
+                 f"the lexicon {model_path} was trained with (its loss.phone_lexicon) is not on this machine")
+        raise UsageError(f"{where}: pass --lexicon with the lexicon the model was trained with")
+    path = Path(args.lexicon) if args.lexicon is not None else own_path
     try:
         lexicon = Lexicon.read(path)
     except LexiconError as e:  # its hint names the training key; here the flag is the place to fix
@@ -121,34 +128,16 @@ def rescoring_options(args: argparse.Namespace, phone_vocab_size: int, model_pat
     if lexicon.size != phone_vocab_size:
         raise UsageError(f"the lexicon {path} has {lexicon.size} phones but the model's phone head "
                          f"{phone_vocab_size}: pass the lexicon it was trained with (its loss.phone_lexicon)")
-    if args.lexicon is not None:
-        _check_same_phones(lexicon, model_path)
+    if own_path is not None and own_path.resolve() != Path(path).resolve():
+        _check_same_phones(lexicon, own_path)
     return {"rescoring": PhoneRescoring(lexicon, args.phone_weight)}
 
 
-def _own_lexicon(model_path: str | Path) -> Path:
-    """The lexicon the model was trained with: a model folder's ``lexicon.txt``, or the file a training
-    checkpoint's ``loss.phone_lexicon`` names (its absolute path, as the run resolved it)."""
-    from asrlib.checkpoint import lexicon_of  # the checkpoint module loads models: only when asked
-
-    found = lexicon_of(model_path)
-    if found is None:
-        where = (f"no lexicon.txt in {model_path}" if Path(model_path).is_dir() else
-                 f"the lexicon {model_path} was trained with (its loss.phone_lexicon) is not on this machine")
-        raise UsageError(f"{where}: pass --lexicon with the lexicon the model was trained with")
-    return found
-
-
-def _check_same_phones(lexicon: Lexicon, model_path: str | Path) -> None:
-    """A lexicon given with ``--lexicon`` must spell with the phones of the model's own lexicon, where
-    that is known (a model folder's ``lexicon.txt``, or the training checkpoint's ``loss.phone_lexicon``):
+def _check_same_phones(lexicon: Lexicon, own_path: Path) -> None:
+    """A lexicon given with ``--lexicon`` must spell with the phones of the model's own lexicon
+    (``own_path``: a model folder's ``lexicon.txt``, or the training checkpoint's ``loss.phone_lexicon``):
     phone i is the i-th of the sorted inventory, so another inventory of the same size would read the
     head's outputs as other phones. Pronunciations may differ; the inventory may not."""
-    from asrlib.checkpoint import lexicon_of  # the checkpoint module loads models: only when asked
-
-    own_path = lexicon_of(model_path)
-    if own_path is None or own_path.resolve() == Path(lexicon.source).resolve():
-        return
     try:
         own = Lexicon.read(own_path)
     except LexiconError:
